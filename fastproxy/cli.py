@@ -1,0 +1,252 @@
+"""The ``fastproxy`` command: the only module that prints to the user.
+
+Exit codes: 0 success, 1 bad configuration or usage (one line per problem,
+naming the key), 2 cannot bind/start (or, for the signal commands, no
+running master).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import json
+import mmap
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from fastproxy import __version__, config as configuration
+from fastproxy.config import Config
+from fastproxy.errors import ConfigError
+
+EXIT_OK, EXIT_USAGE, EXIT_START = 0, 1, 2
+PBKDF2_ITERATIONS = 600_000
+_SIGNAL_COMMANDS = {"reload": signal.SIGHUP, "stop": signal.SIGTERM,
+                    "quit": signal.SIGQUIT, "reopen": signal.SIGUSR1}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastproxy", description="Multiprocess zero-copy proxy.")
+    parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the master in the foreground")
+    run.add_argument("-c", "--config", help="TOML configuration file (default: embedded)")
+    run.add_argument("--listen", help="ADDR:PORT of the (single) listener")
+    run.add_argument("--mode", choices=("tcp", "http", "forward"))
+    run.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT",
+                     help="upstream server (repeatable)")
+    run.add_argument("--workers", type=int)
+    run.add_argument("--admin", metavar="ADDR:PORT", help='admin endpoint, or "off"')
+    run.add_argument("--pidfile")
+
+    check = sub.add_parser("check", help="validate a configuration (like nginx -t)")
+    check.add_argument("-c", "--config", required=True)
+
+    for name in _SIGNAL_COMMANDS:
+        cmd = sub.add_parser(name, help=f"send {_SIGNAL_COMMANDS[name].name[3:]} to the master")
+        _add_target(cmd)
+        cmd.add_argument("--timeout", type=float, default=None,
+                         help="seconds to wait for the outcome")
+
+    stats = sub.add_parser("stats", help="show shared-memory stats")
+    _add_target(stats)
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--watch", type=float, metavar="SECONDS")
+
+    passwd = sub.add_parser("passwd", help="print a [forward.users] line for NAME")
+    passwd.add_argument("name")
+    return parser
+
+
+def _add_target(cmd: argparse.ArgumentParser) -> None:
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument("-c", "--config")
+    group.add_argument("--pidfile")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = {
+        "run": cmd_run, "check": cmd_check, "stats": cmd_stats, "passwd": cmd_passwd,
+    }.get(args.command, cmd_signal)
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# -- run / check ------------------------------------------------------------------
+def _load(args: argparse.Namespace) -> Config:
+    cfg = configuration.load(args.config) if args.config else configuration.default()
+    if args.command != "run":
+        return cfg
+    return configuration.apply_overrides(
+        cfg, listen=args.listen, mode=args.mode, upstreams=args.upstream,
+        workers=args.workers, admin=args.admin, pidfile=args.pidfile)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fastproxy.master import Master
+
+    cfg = _load(args)
+    return Master(cfg, lambda: _load(args)).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print(f"configuration {cfg.source} is ok: {len(cfg.listeners)} listener(s), "
+          f"{len(cfg.upstreams)} upstream(s), {cfg.server.workers} worker(s)")
+    return EXIT_OK
+
+
+# -- signals -----------------------------------------------------------------------
+def _master_pid(args: argparse.Namespace) -> int:
+    if args.pidfile:
+        path = args.pidfile
+    else:
+        path = (configuration.load(args.config) if args.config else configuration.default()).server.pidfile
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError) as exc:
+        raise _NotRunning(f"no running master (pidfile {path}: {exc})") from exc
+    return pid
+
+
+class _NotRunning(Exception):
+    pass
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    try:
+        pid = _master_pid(args)
+    except _NotRunning as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return EXIT_START
+    if args.command == "reload":
+        return _reload(pid, args.timeout if args.timeout is not None else 120.0)
+    os.kill(pid, _SIGNAL_COMMANDS[args.command])
+    if args.command in ("stop", "quit"):
+        deadline = time.monotonic() + (args.timeout if args.timeout is not None else 60.0)
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return EXIT_OK
+            time.sleep(0.05)
+        print(f"fastproxy: master {pid} still running", file=sys.stderr)
+        return EXIT_START
+    return EXIT_OK
+
+
+def _reload(pid: int, timeout: float) -> int:
+    with _attach(pid) as segment:
+        before = segment.reload_seq()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if segment.reload_seq() != before:
+                message = segment.reload_message()
+                if segment.reload_status() == 1:
+                    print(f"reloaded: {message}")
+                    return EXIT_OK
+                print(message, file=sys.stderr)
+                return EXIT_USAGE
+            time.sleep(0.05)
+    print("fastproxy: no reload outcome before the timeout", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class _attach:
+    """Map a master's stats segment read-only."""
+
+    def __init__(self, pid: int) -> None:
+        from fastproxy.stats.shm import segment_path
+
+        self.path = segment_path(pid)
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        from fastproxy.stats.shm import Segment
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self.map = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self.segment = Segment.attach(self.map)
+        return self.segment
+
+    def __exit__(self, *exc: object) -> None:
+        self.segment.release()
+        self.map.close()
+
+
+# -- stats ---------------------------------------------------------------------------
+def cmd_stats(args: argparse.Namespace) -> int:
+    from fastproxy.stats.export import to_json, to_table
+    from fastproxy.stats.procinfo import process_info
+
+    try:
+        pid = _master_pid(args)
+    except _NotRunning as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return EXIT_START
+    with _attach(pid) as segment:
+        while True:
+            snap = segment.snapshot()
+            procs = process_info([w["pid"] for w in snap["workers"]] + [pid])
+            if args.json:
+                out = json.dumps(to_json(snap, procs), indent=None if args.watch else 2)
+            else:
+                out = to_table(snap, procs)
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(out, flush=True)
+            if not args.watch:
+                return EXIT_OK
+            time.sleep(args.watch)
+
+
+# -- passwd -----------------------------------------------------------------------------
+def cmd_passwd(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            raise UsageError("passwords do not match")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("empty password")
+    print(f'{_toml_key(args.name)} = "{hash_password(password)}"')
+    return EXIT_OK
+
+
+def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    b64 = base64.b64encode
+    return f"pbkdf2_sha256${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _toml_key(name: str) -> str:
+    if name and all(ch.isalnum() or ch in "-_" for ch in name):
+        return name
+    return json.dumps(name)

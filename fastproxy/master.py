@@ -1,0 +1,537 @@
+"""The master process: owns the listening sockets, the stats segment and the
+admin endpoint; forks, supervises and retires workers; acts on signals.
+
+Theory of operation
+-------------------
+Workers are grouped in *generations*; a reload starts generation N+1 from
+the new configuration. Each worker serves one *slot*: slot ``i`` of every
+listener (see ``listeners``). The master never lets a slot go unserved:
+
+- a new worker reports ready on its status pipe; only then are the older
+  workers of its slot told to drain (QUIT), and only then is its slot in
+  the kernel's steering set;
+- a slot that disappears (TTOU, fewer workers after a reload) is first
+  steered away from, then its worker drains what its accept queue still
+  holds, then the socket is closed;
+- listening sockets that stay in the configuration are never closed.
+
+So a reload refuses and resets nothing. A reload whose config is invalid, or
+whose new listen address cannot be bound, changes nothing and reports the
+error (``fastproxy reload`` reads it from the stats header).
+
+Signals are dispatched from the loop (``Reactor.handle_signals``): HUP
+reload, TERM/INT fast stop, QUIT graceful stop, USR1 reopen logs, TTIN/TTOU
+one worker more/fewer, CHLD reap. A worker that dies unexpectedly is
+respawned, after a growing delay when it keeps dying young
+(``arbiter.respawn_delay``). Workers watch an *alive* pipe whose only write
+end the master holds: when the master dies, however, they see EOF and leave.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import signal
+import time
+
+from fastproxy import arbiter
+from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
+from fastproxy.config import Config, ConfigError
+from fastproxy.listeners import ListenerGroup, ListenerSet
+from fastproxy.log import setup_error_log
+from fastproxy.reactor import EVENT_READ, Reactor
+from fastproxy.stats.shm import Segment, SlotState, segment_path
+from fastproxy.worker import Worker, WorkerSpec
+
+log = logging.getLogger("fastproxy")
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_START = 2
+STOP_KILL_AFTER = 5.0          # TERM: SIGKILL workers still alive after this
+RETIRE_DELAY = 0.25            # between steering away from a slot and draining it
+READY_TIMEOUT = 15.0           # a reload reports failure if new workers are not ready by then
+MAX_SERVERS = 256
+PIPE_SIZE = 256 * 1024
+
+
+class Master:
+    """Methods for the caller: ``run() -> exit code``.
+
+    ``reload_config`` is called on HUP to produce the new ``Config`` (it
+    raises ConfigError for a bad one); the CLI passes a function that
+    re-reads the file and re-applies the command-line overrides.
+    """
+
+    def __init__(self, config: Config, reload_config: callable) -> None:  # type: ignore[valid-type]
+        self.config = config
+        self._reload_config = reload_config
+        self.reactor = Reactor()
+        self.listeners = ListenerSet()
+        self.workers: dict[int, WorkerRecord] = {}
+        self.history: dict[int, SlotHistory] = {}
+        self.generation = 0
+        self.slots = config.server.workers
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.segment: Segment | None = None
+        self._segment_map: mmap.mmap | None = None
+        self._segment_path = ""
+        self._alive_r, self._alive_w = -1, -1
+        self._pending_close: list[tuple[int, list[ListenerGroup]]] = []
+        self._reload_pending: tuple[int, float] | None = None
+        self._server_indexes: dict[str, int] = {}
+        self.admin = None
+
+    # -- startup and shutdown ------------------------------------------------------
+    def run(self) -> int:
+        setup_error_log(self.config.log, "master")
+        try:
+            self._start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            self._cleanup()
+            return EXIT_START
+        log.info("started %d worker(s), pid %d", self.slots, os.getpid())
+        try:
+            self.reactor.run()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _start(self) -> None:
+        self._check_pidfile()
+        self._create_segment()
+        self.listeners.apply(self.config.listeners, self.slots)
+        self._alive_r, self._alive_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._alive_r, False)
+        self._start_admin()
+        self._write_pidfile()
+        self.reactor.handle_signals({
+            signal.SIGHUP: self.reload,
+            signal.SIGTERM: self.stop_fast,
+            signal.SIGINT: self.stop_fast,
+            signal.SIGQUIT: self.stop_graceful,
+            signal.SIGUSR1: self.reopen_logs,
+            signal.SIGUSR2: self.upgrade,
+            signal.SIGTTIN: self.add_worker,
+            signal.SIGTTOU: self.remove_worker,
+            signal.SIGCHLD: self.reap,
+        })
+        self._register_servers(self.config)
+        self._new_generation()
+
+    def _check_pidfile(self) -> None:
+        path = self.config.server.pidfile
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if pid > 0 and pid != os.getpid() and _alive(pid):
+            raise OSError(errno.EEXIST, f"already running with pid {pid} (pidfile {path})")
+
+    def _write_pidfile(self) -> None:
+        path = self.config.server.pidfile
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+
+    def _create_segment(self) -> None:
+        _remove_stale_segments()
+        max_slots = max(64, 4 * self.slots + 8)
+        size = Segment.size_for(max_slots, MAX_SERVERS)
+        self._segment_path = segment_path(os.getpid())
+        fd = os.open(self._segment_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            self._segment_map = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        self.segment = Segment.create(self._segment_map, max_slots, MAX_SERVERS, os.getpid())
+
+    def _start_admin(self) -> None:
+        if self.config.admin.listen is None:
+            return
+        from fastproxy.stats.admin import AdminServer
+
+        assert self.segment is not None
+        self.admin = AdminServer(self.reactor, self.config.admin.listen, self.segment,
+                                 self._has_ready_worker)
+        self.admin.start()
+
+    def _has_ready_worker(self) -> bool:
+        return any(w.state is WorkerState.READY for w in self.workers.values())
+
+    def _cleanup(self) -> None:
+        for worker in list(self.workers.values()):
+            _kill(worker.pid, signal.SIGKILL)
+        if self.admin is not None:
+            self.admin.close()
+        self.listeners.close()
+        for _, groups in self._pending_close:
+            for group in groups:
+                group.close()
+        for fd in (self._alive_r, self._alive_w):
+            if fd >= 0:
+                os.close(fd)
+        self._alive_r = self._alive_w = -1
+        try:
+            with open(self.config.server.pidfile) as f:
+                if int(f.read().strip() or 0) == os.getpid():
+                    os.unlink(self.config.server.pidfile)
+        except (OSError, ValueError):
+            pass
+        if self._segment_path:
+            try:
+                os.unlink(self._segment_path)
+            except OSError:
+                pass
+        self.reactor.close()
+
+    # -- generations --------------------------------------------------------------------
+    def _register_servers(self, config: Config) -> None:
+        """Give every server of ``config`` its stable shm index."""
+        assert self.segment is not None
+        in_use = set()
+        for up in config.upstreams.values():
+            for server in up.servers:
+                name = f"{up.name}/{server.address}"
+                index = self.segment.server_index(name)
+                self._server_indexes[name] = index
+                in_use.add(index)
+        for name, index in self._server_indexes.items():
+            self.segment.set_server_in_use(index, index in in_use)
+
+    def _new_generation(self) -> None:
+        assert self.segment is not None
+        self.generation += 1
+        self.segment.set_generation(self.generation)
+        self.listeners.resize(self.slots)
+        self._steer()
+        for slot in range(self.slots):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        assert self.segment is not None
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        sockets = self.listeners.sockets_for(slot, self.config.listeners)
+        stats_index = self.segment.claim_slot(0, self.generation, slot, time.time())
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 1
+            try:
+                os.close(status_r)
+                self._close_in_child(keep={s.fileno() for _, s in sockets})
+                spec = WorkerSpec(self.config, slot, self.generation, sockets, self.segment,
+                                  stats_index, status_w, self._alive_r, dict(self._server_indexes),
+                                  *self._pipe_budget())
+                code = Worker(spec).run()
+            except BaseException:
+                log.exception("worker %d failed", slot)
+            finally:
+                os._exit(code)
+        os.close(status_w)
+        os.set_blocking(status_r, False)
+        self.segment.set_slot_pid(stats_index, pid)
+        record = WorkerRecord(pid, slot, self.generation, stats_index, status_r, self.reactor.now)
+        self.workers[pid] = record
+        self.reactor.register(status_r, EVENT_READ, lambda _m, r=record: self._on_status(r))
+        log.debug("spawned worker pid %d slot %d generation %d", pid, slot, self.generation)
+
+    def _close_in_child(self, keep: set[int]) -> None:
+        """Close what the master owns and the worker must not hold.
+
+        The epoll instance is shared with the master after fork, so it is
+        closed first and nothing is unregistered from it here: an
+        EPOLL_CTL_DEL in the child would remove the master's registration.
+        """
+        self.reactor.close()
+        for sock in self.listeners.all_sockets():
+            if sock.fileno() not in keep:
+                sock.close()
+        for _, groups in self._pending_close:
+            for group in groups:
+                group.close()
+        for worker in self.workers.values():
+            os.close(worker.status_fd)
+        os.close(self._alive_w)
+        if self.admin is not None:
+            self.admin.detach()
+        for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+
+    def _pipe_budget(self) -> tuple[int, int]:
+        """Pipes per worker: unprivileged users share pipe-user-pages-soft."""
+        if os.geteuid() == 0 and not self.config.server.user:
+            return 4096, PIPE_SIZE
+        try:
+            with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+                pages = int(f.read())
+        except (OSError, ValueError):
+            pages = 16384
+        if pages == 0:
+            return 4096, PIPE_SIZE
+        total = pages * 4096 * 9 // 10 // PIPE_SIZE
+        return max(4, total // max(1, 2 * self.slots)), PIPE_SIZE
+
+    def _on_status(self, record: WorkerRecord) -> None:
+        if record.status_fd < 0:  # reaped earlier in this pass
+            return
+        try:
+            data = os.read(record.status_fd, 64)
+        except BlockingIOError:
+            return
+        if not data:
+            self.reactor.unregister(record.status_fd)
+            return
+        if b"R" in data and record.state is WorkerState.STARTING:
+            self._worker_ready(record)
+
+    def _worker_ready(self, record: WorkerRecord) -> None:
+        assert self.segment is not None
+        record.state = WorkerState.READY
+        self.history.setdefault(record.slot, SlotHistory())
+        self._steer()
+        if self.stopping:
+            _kill(record.pid, signal.SIGTERM)
+            return
+        if record.generation == self.generation:
+            for old in arbiter.workers_to_drain(self.workers.values(), record):
+                self._drain_worker(old)
+        self._check_reload_done()
+
+    def _drain_worker(self, record: WorkerRecord) -> None:
+        record.state = WorkerState.DRAINING
+        record.expected_exit = True
+        _kill(record.pid, signal.SIGQUIT)
+        timeout = self.config.server.graceful_timeout + STOP_KILL_AFTER
+        self.reactor.call_later(timeout, lambda pid=record.pid: self._kill_if_alive(pid))
+
+    def _kill_if_alive(self, pid: int) -> None:
+        if pid in self.workers:
+            log.warning("worker %d did not exit in time: killing it", pid)
+            _kill(pid, signal.SIGKILL)
+
+    def _steer(self) -> None:
+        self.listeners.steer(arbiter.steering_slots(self.workers.values(), self.slots))
+
+    def _retire_surplus(self) -> None:
+        """Steer away from slots >= self.slots, then drain their workers."""
+        self._steer()
+        surplus = arbiter.surplus_workers(self.workers.values(), self.slots)
+        if surplus:
+            self.reactor.call_later(RETIRE_DELAY, lambda: self._drain_surplus())
+
+    def _drain_surplus(self) -> None:
+        for record in arbiter.surplus_workers(self.workers.values(), self.slots):
+            self._drain_worker(record)
+
+    # -- reload ------------------------------------------------------------------------
+    def reload(self) -> None:
+        assert self.segment is not None
+        if self.stopping:
+            return
+        try:
+            config = self._reload_config()
+            old_slots = self.slots
+            removed = self.listeners.apply(config.listeners, max(old_slots, config.server.workers))
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration:\n%s", exc)
+            self.segment.set_reload_result(False, str(exc))
+            return
+        except OSError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            self.segment.set_reload_result(False, f"cannot bind: {exc}")
+            return
+        if removed:
+            self._pending_close.append((self.generation + 1, removed))
+        self.config = config
+        self.slots = config.server.workers
+        self._register_servers(config)
+        self._new_generation()
+        self._reload_pending = (self.generation, self.reactor.now)
+        self.reactor.call_later(READY_TIMEOUT, self._check_reload_timeout)
+        log.info("reloading: generation %d starting", self.generation)
+
+    def _check_reload_done(self) -> None:
+        assert self.segment is not None
+        if self._reload_pending is None:
+            return
+        gen, _ = self._reload_pending
+        current = [w for w in self.workers.values() if w.generation == gen]
+        if len(current) < self.slots or any(w.state is not WorkerState.READY for w in current):
+            return
+        self._reload_pending = None
+        self._retire_surplus()
+        for record in list(self.workers.values()):
+            if record.generation < gen and record.state is not WorkerState.DRAINING:
+                if record.slot < self.slots:
+                    self._drain_worker(record)
+        self.segment.set_reload_result(True, f"generation {gen} serving")
+        log.info("reload complete: generation %d serving", gen)
+
+    def _check_reload_timeout(self) -> None:
+        assert self.segment is not None
+        if self._reload_pending is not None and self._reload_pending[1] + READY_TIMEOUT <= self.reactor.now + 0.01:
+            gen = self._reload_pending[0]
+            self._reload_pending = None
+            message = f"generation {gen} workers not ready after {READY_TIMEOUT:.0f}s"
+            log.error("reload: %s; the previous workers keep serving", message)
+            self.segment.set_reload_result(False, message)
+
+    # -- worker count --------------------------------------------------------------------
+    def add_worker(self) -> None:
+        if self.stopping:
+            return
+        self.slots += 1
+        self.listeners.resize(self.slots)
+        self._spawn(self.slots - 1)
+        log.info("TTIN: %d worker(s)", self.slots)
+
+    def remove_worker(self) -> None:
+        if self.stopping or self.slots <= 1:
+            return
+        self.slots -= 1
+        self._retire_surplus()
+        log.info("TTOU: %d worker(s)", self.slots)
+
+    # -- children ----------------------------------------------------------------------
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            record = self.workers.pop(pid, None)
+            if record is not None:
+                self._worker_exited(record, status)
+        self._close_unused_sockets()
+        if self.stopping and not self.workers:
+            self.reactor.stop()
+
+    def _worker_exited(self, record: WorkerRecord, status: int) -> None:
+        assert self.segment is not None
+        if self.reactor.is_registered(record.status_fd):
+            self.reactor.unregister(record.status_fd)
+        os.close(record.status_fd)
+        record.status_fd = -1
+        self.segment.retire_slot(record.stats_index)
+        self._steer()
+        if record.expected_exit or self.stopping:
+            log.debug("worker %d exited (%s)", record.pid, _describe(status))
+            return
+        log.error("worker %d (slot %d) died unexpectedly: %s", record.pid, record.slot, _describe(status))
+        history = self.history.setdefault(record.slot, SlotHistory())
+        if arbiter.died_young(record.started_at, self.reactor.now):
+            history.young_deaths += 1
+        else:
+            history.young_deaths = 1
+        self._schedule_respawn(record)
+
+    def _schedule_respawn(self, record: WorkerRecord) -> None:
+        history = self.history[record.slot]
+        if record.slot >= self.slots or history.respawn_pending:
+            return
+        if any(w.slot == record.slot and w.generation == self.generation
+               for w in self.workers.values()):
+            return
+        delay = arbiter.respawn_delay(history.young_deaths)
+        history.respawn_pending = True
+        if delay:
+            log.warning("slot %d keeps failing: respawning in %.1fs", record.slot, delay)
+
+        def respawn(slot: int = record.slot) -> None:
+            history.respawn_pending = False
+            if not self.stopping and slot < self.slots:
+                self._spawn(slot)
+
+        self.reactor.call_later(delay, respawn)
+
+    def _close_unused_sockets(self) -> None:
+        keep = max(self.slots, arbiter.highest_slot_in_use(self.workers.values()) + 1)
+        self.listeners.retire(keep)
+        oldest = min((w.generation for w in self.workers.values()), default=self.generation + 1)
+        still: list[tuple[int, list[ListenerGroup]]] = []
+        for gen, groups in self._pending_close:
+            if oldest >= gen:
+                for group in groups:
+                    group.close()
+            else:
+                still.append((gen, groups))
+        self._pending_close = still
+
+    # -- stopping and other signals ---------------------------------------------------------
+    def stop_fast(self) -> None:
+        self._stop(signal.SIGTERM, STOP_KILL_AFTER)
+
+    def stop_graceful(self) -> None:
+        self._stop(signal.SIGQUIT, self.config.server.graceful_timeout + STOP_KILL_AFTER)
+
+    def _stop(self, signum: int, kill_after: float) -> None:
+        first = not self.stopping
+        self.stopping = True
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        for record in self.workers.values():
+            record.expected_exit = True
+            _kill(record.pid, signum)
+        if first:
+            self.listeners.close()  # new connections are refused from now on
+            self.reactor.call_later(kill_after, self._kill_all)
+        if not self.workers:
+            self.reactor.stop()
+
+    def _kill_all(self) -> None:
+        for record in self.workers.values():
+            _kill(record.pid, signal.SIGKILL)
+
+    def reopen_logs(self) -> None:
+        for record in self.workers.values():
+            _kill(record.pid, signal.SIGUSR1)
+
+    def upgrade(self) -> None:
+        log.warning("USR2 (binary upgrade) is not supported by this version; ignored")
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def _remove_stale_segments(directory: str = "/dev/shm") -> None:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "fastproxy" and parts[2] == "stats" and parts[1].isdigit():
+            if not _alive(int(parts[1])):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
+

@@ -1,0 +1,208 @@
+"""The event loop every process runs: one `selectors` selector, a timer heap,
+a call-soon queue and signal dispatch through a wakeup fd.
+
+Theory of operation
+-------------------
+``run()`` repeats one pass (``run_once``) in three labelled phases:
+
+1. *poll*: wait on the selector until the earliest timer, or not at all when
+   callbacks are queued;
+2. *I/O*: call the callback stored in each ready key's ``data`` with the
+   event mask (no lookup table: the key carries its handler);
+3. *timers and soon*: fire the timers that are due, then run only the
+   callbacks that were queued before this phase began (callbacks queued by
+   them wait for the next pass, so one busy connection cannot starve I/O).
+
+Timers are reset far more often than they fire (an idle timeout moves on
+every read), so cancellation is lazy: a cancelled entry stays in the heap and
+is skipped when it surfaces. Owners that move a deadline on every event keep
+their own "last activity" stamp and reschedule only when the timer fires
+early, which costs one comparison per event instead of a heap push.
+
+Signals: the handlers installed by ``handle_signals`` do nothing in Python;
+CPython's C-level handler writes the signal number to the wakeup fd
+(``signal.set_wakeup_fd``), the selector wakes, and the loop dispatches each
+number through one ``{signum: method}`` table. No work happens inside a
+handler.
+
+A callback that raises is logged and counted through ``on_error``; the
+owner of the fd is expected to catch its own errors and close what it
+opened, this is the last line of defence that keeps the process alive.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+log = logging.getLogger("fastproxy")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+IOCallback = Callable[[int], None]
+
+
+class Timer:
+    """A handle on a scheduled call; ``cancel()`` is O(1)."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
+
+
+class Reactor:
+    """A single-threaded event loop.
+
+    Methods for the caller: ``register / modify / unregister`` (fd + event
+    mask + ``callback(mask)``), ``call_later``, ``call_soon``,
+    ``handle_signals``, ``run``, ``stop``, ``close``. ``now`` is the monotonic
+    time read once per pass; use it instead of calling the clock.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._clock = clock
+        self._timers: list[Timer] = []
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self._running = False
+        self._signal_fds: tuple[int, int] | None = None
+        self._signal_table: dict[int, Callable[[], None]] = {}
+        self.now = clock()
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    # -- file descriptors -------------------------------------------------
+    def register(self, fd: int, events: int, callback: IOCallback) -> None:
+        self._selector.register(fd, events, callback)
+
+    def modify(self, fd: int, events: int, callback: IOCallback) -> None:
+        self._selector.modify(fd, events, callback)
+
+    def unregister(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    def is_registered(self, fd: int) -> bool:
+        try:
+            self._selector.get_key(fd)
+        except KeyError:
+            return False
+        return True
+
+    # -- time ---------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self.now + delay, callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._soon.append(callback)
+
+    def time(self) -> float:
+        """Refresh and return ``now`` (for code that runs long in one pass)."""
+        self.now = self._clock()
+        return self.now
+
+    # -- signals ------------------------------------------------------------
+    def handle_signals(self, table: Mapping[int, Callable[[], None]]) -> None:
+        """Dispatch each signal in ``table`` to its method from the loop."""
+        if self._signal_fds is None:
+            rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._signal_fds = (rfd, wfd)
+            signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+            self.register(rfd, EVENT_READ, self._on_signal_fd)
+        for signum, method in table.items():
+            self._signal_table[signum] = method
+            signal.signal(signum, _record_only)
+
+    def _on_signal_fd(self, _mask: int) -> None:
+        assert self._signal_fds is not None
+        try:
+            data = os.read(self._signal_fds[0], 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            method = self._signal_table.get(signum)
+            if method is not None:
+                self._call(method)
+
+    # -- running ------------------------------------------------------------
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run_once(self) -> None:
+        # Phase 1: poll.
+        if self._soon:
+            timeout: float | None = 0.0
+        elif self._timers:
+            timeout = max(0.0, self._timers[0].when - self._clock())
+        else:
+            timeout = None
+        events = self._selector.select(timeout)
+        self.now = self._clock()
+        # Phase 2: I/O callbacks.
+        for key, mask in events:
+            try:
+                key.data(mask)
+            except Exception as exc:  # last line of defence
+                self._report(exc)
+        # Phase 3: due timers, then the call-soon batch queued before now.
+        timers = self._timers
+        now = self.now
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                self._call(timer.callback)
+        for _ in range(len(self._soon)):
+            self._call(self._soon.popleft())
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception as exc:
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        log.exception("unhandled error in event loop callback", exc_info=exc)
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Release the selector and the signal pipe (also used after fork)."""
+        if self._signal_fds is not None:
+            try:
+                signal.set_wakeup_fd(-1)
+            except ValueError:
+                pass
+            for fd in self._signal_fds:
+                os.close(fd)
+            self._signal_fds = None
+        self._selector.close()
+        self._timers.clear()
+        self._soon.clear()
+
+
+def _record_only(signum: int, frame: object) -> None:
+    """Installed for handled signals: the wakeup fd already recorded it."""

@@ -1,0 +1,302 @@
+"""Loopback fixtures: free ports, backend servers and a real fastproxy master.
+
+Everything binds 127.0.0.1. Every process started here is stopped by pid in
+a ``finally``; every socket has a timeout, every wait a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+HOST = "127.0.0.1"
+TIMEOUT = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def connect(port: int, timeout: float = TIMEOUT) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=timeout)
+
+
+# -- backends --------------------------------------------------------------------
+class Backend:
+    """A threaded TCP server on 127.0.0.1; ``handler(conn)`` runs per connection."""
+
+    def __init__(self, handler: Callable[[socket.socket, "Backend"], None], port: int = 0) -> None:
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, port))
+        self.sock.listen(1024)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.address = f"{HOST}:{self.port}"
+        self.accepted = 0
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._conns: set[socket.socket] = set()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            conn.settimeout(TIMEOUT * 3)
+            with self.lock:
+                self.accepted += 1
+                self._conns.add(conn)
+            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn, self)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        with self.lock:
+            for conn in list(self._conns):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(TIMEOUT)
+        for t in self._threads:
+            t.join(TIMEOUT)
+
+
+def echo_handler(conn: socket.socket, backend: Backend) -> None:
+    """Echo until EOF, then half-close back."""
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while True:
+        n = conn.recv_into(view)
+        if not n:
+            break
+        conn.sendall(view[:n])
+    conn.shutdown(socket.SHUT_WR)
+
+
+def hash_handler(conn: socket.socket, backend: Backend) -> None:
+    """Read until EOF, then answer the byte count and sha256 of what came."""
+    digest = hashlib.sha256()
+    total = 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while True:
+        n = conn.recv_into(view)
+        if not n:
+            break
+        digest.update(view[:n])
+        total += n
+    conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
+
+
+def name_handler(name: str) -> Callable[[socket.socket, Backend], None]:
+    """Send ``name`` and close: tells which backend answered."""
+    def handler(conn: socket.socket, backend: Backend) -> None:
+        conn.sendall(name.encode())
+    return handler
+
+
+@pytest.fixture
+def backend_factory() -> Iterator[Callable[..., Backend]]:
+    made: list[Backend] = []
+
+    def make(handler: Callable[[socket.socket, Backend], None] = echo_handler, port: int = 0) -> Backend:
+        b = Backend(handler, port)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+@pytest.fixture
+def echo_backend(backend_factory: Callable[..., Backend]) -> Backend:
+    return backend_factory(echo_handler)
+
+
+# -- fastproxy -------------------------------------------------------------------
+@dataclass
+class Proxy:
+    """A running fastproxy master started by ``run_proxy``."""
+
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    config_path: Path
+    pidfile: Path
+    admin_port: int
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        try:
+            return sorted(c.pid for c in psutil.Process(self.pid).children()
+                          if c.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://{HOST}:{self.admin_port}/stats", timeout=TIMEOUT) as r:
+            return json.loads(r.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{HOST}:{self.admin_port}/metrics", timeout=TIMEOUT) as r:
+            return r.read().decode()
+
+    def totals(self) -> dict:
+        return self.stats()["totals"]["counters"]
+
+    def cli(self, *args: str, timeout: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "fastproxy", *args], cwd=self.workdir,
+                              capture_output=True, timeout=timeout, input=input)
+
+    def write_config(self, text: str) -> None:
+        self.config_path.write_text(textwrap.dedent(text))
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait_workers(self, count: int, timeout: float = TIMEOUT) -> list[int]:
+        """Wait for ``count`` ready workers (per /stats, state running)."""
+        def ready() -> bool:
+            try:
+                workers = self.stats()["workers"]
+            except OSError:
+                return False
+            running = [w for w in workers if w["state"] == "running"]
+            return len(running) == count and len(self.worker_pids()) == count
+        wait_until(ready, timeout, f"{count} running workers")
+        return self.worker_pids()
+
+
+def config_text(*, port: int, admin_port: int, pidfile: Path, upstreams: list[str],
+                workers: int = 1, extra_listener: str = "", extra: str = "",
+                retries: int = 1, balance: str = "round_robin", timeouts: str = "",
+                graceful_timeout: float = 10.0, access: str = "off") -> str:
+    servers = ", ".join(f'"{u}"' for u in upstreams)
+    return textwrap.dedent(f"""\
+        [server]
+        workers = {workers}
+        pidfile = "{pidfile}"
+        graceful_timeout = {graceful_timeout}
+
+        [log]
+        access = "{access}"
+        level = "info"
+
+        [admin]
+        listen = "{HOST}:{admin_port}"
+
+        [[listener]]
+        name = "main"
+        listen = "{HOST}:{port}"
+        mode = "tcp"
+        upstream = "app"
+        {timeouts}
+        {extra_listener}
+
+        [upstream.app]
+        servers = [{servers}]
+        balance = "{balance}"
+        retries = {retries}
+        {extra}
+        """)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a master and every process it started, by pid."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(TIMEOUT)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=TIMEOUT)
+
+
+@pytest.fixture
+def run_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    started: list[Proxy] = []
+
+    def start(upstreams: list[str], wait: bool = True, **kwargs: object) -> Proxy:
+        port = int(kwargs.pop("port", 0)) or free_port()
+        admin_port = free_port()
+        pidfile = tmp_path / f"fastproxy-{len(started)}.pid"
+        config_path = tmp_path / f"fastproxy-{len(started)}.toml"
+        config_path.write_text(config_text(port=port, admin_port=admin_port, pidfile=pidfile,
+                                           upstreams=upstreams, **kwargs))  # type: ignore[arg-type]
+        log = open(tmp_path / f"fastproxy-{len(started)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c", str(config_path)],
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        proxy = Proxy(proc, tmp_path, config_path, pidfile, admin_port, {"main": port})
+        started.append(proxy)
+        if wait:
+            workers = int(kwargs.get("workers", 1))  # type: ignore[arg-type]
+            proxy.wait_workers(workers)
+        return proxy
+
+    yield start
+    for proxy in started:
+        _stop(proxy.proc)
+
+
+def read_log(proxy: Proxy, index: int = 0) -> str:
+    return (proxy.workdir / f"fastproxy-{index}.log").read_text(errors="replace")
