@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from fastproxy import __version__, config as configuration
 from fastproxy.config import Config
 from fastproxy.errors import ConfigError
+from fastproxy.modes import require_available
 
 EXIT_OK, EXIT_USAGE, EXIT_START = 0, 1, 2
 PBKDF2_ITERATIONS = 600_000
@@ -95,11 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- run / check ------------------------------------------------------------------
 def _load(args: argparse.Namespace) -> Config:
     cfg = configuration.load(args.config) if args.config else configuration.default()
-    if args.command != "run":
-        return cfg
-    return configuration.apply_overrides(
-        cfg, listen=args.listen, mode=args.mode, upstreams=args.upstream,
-        workers=args.workers, admin=args.admin, pidfile=args.pidfile)
+    if args.command == "run":
+        cfg = configuration.apply_overrides(
+            cfg, listen=args.listen, mode=args.mode, upstreams=args.upstream,
+            workers=args.workers, admin=args.admin, pidfile=args.pidfile)
+    require_available(cfg)
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -587,7 +587,7 @@ def _flag(cls: type[Any], name: str, value: Any, flag: str, problems: list[str])
 
 
 def apply_overrides(cfg: Config, *, listen: str | None = None, mode: str | None = None,
-                    upstreams: Sequence[str] = (), workers: int | str | None = None,
+                    upstreams: Sequence[str] | None = (), workers: int | str | None = None,
                     admin: str | None = None, pidfile: str | None = None) -> Config:
     """A copy of ``cfg`` with the ``fastproxy run`` flags applied, validated again.
 
@@ -599,7 +599,8 @@ def apply_overrides(cfg: Config, *, listen: str | None = None, mode: str | None 
     without an upstream is an error naming --upstream; tcp with routes is an error.
     ``listen`` replaces the listener's address; ``workers`` server.workers (1..1024 or
     "auto"); ``admin`` admin.listen ("off" disables); ``pidfile`` server.pidfile.
-    Raises ConfigError, one line per problem, keyed by flag (``config error: --listen: ...``).
+    Raises ConfigError, one line per problem, keyed by flag (``config error: --listen: ...``);
+    the cross-checks of loads() run once every flag is valid, with dotted keys.
     """
     problems: list[str] = []
     server = replace(cfg.server, **{name: _flag(ServerSection, name, value, flag, problems)
@@ -626,7 +627,7 @@ def apply_overrides(cfg: Config, *, listen: str | None = None, mode: str | None 
 
 
 def _override_listener(lst: Listener, listen: str | None, mode: str | None,
-                       servers: Sequence[str], pools: dict[str, Upstream],
+                       servers: Sequence[str] | None, pools: dict[str, Upstream],
                        problems: list[str]) -> Listener:
     """Apply --listen, --mode and --upstream to ``lst``; may add pools["default"]."""
     if listen is not None:
