@@ -96,6 +96,16 @@ class Reactor:
     def unregister(self, fd: int) -> None:
         self._selector.unregister(fd)
 
+    def forget(self, fd: int) -> None:
+        """Drop ``fd`` without an epoll_ctl call, for an fd about to be closed.
+
+        Closing the last descriptor of an open file removes it from every
+        epoll set (epoll(7), "Questions and answers" 6), so a connection
+        that is being closed skips the EPOLL_CTL_DEL syscall. Only for fds
+        this process alone holds (never for inherited listening sockets).
+        """
+        self._selector._fd_to_key.pop(fd, None)  # type: ignore[attr-defined]
+
     def is_registered(self, fd: int) -> bool:
         try:
             self._selector.get_key(fd)

@@ -3,14 +3,18 @@
 Theory of operation
 -------------------
 A ``Relay`` joins two non-blocking sockets with two ``_Half`` objects, one per
-direction. A half moves bytes ``src -> pipe -> dst`` with ``os.splice``
-(splice(2)): the payload never enters Python. When splice cannot be used
-(no pipe available, or the kernel answers EINVAL for this pair of fds) the
-half copies with ``recv_into`` into its own buffer and ``send``.
+direction. A half moves bulk bytes ``src -> pipe -> dst`` with ``os.splice``
+(splice(2)): the payload never enters Python. Small messages are cheaper to
+copy (one ``recv_into`` into the worker's scratch buffer and one ``send``:
+splice's pipe bookkeeping costs more than copying a few hundred bytes), so a
+half copies until a read fills the scratch buffer, splices from then on, and
+goes back to copying when a spliced read comes up short. It also copies when
+no pipe is available or the kernel refuses to splice the fd pair (EINVAL).
+Copied bytes are counted by reason: ``small``, ``no_pipe``, ``unsupported``.
 
 Rules that keep it correct:
 
-1. *A half reads only while its pipe (or buffer) is empty.* So EAGAIN from
+1. *A half reads only while nothing it read is still unwritten.* So EAGAIN from
    the socket->pipe splice always means "socket empty", never "pipe full",
    and the proxy never holds more than one pipe's worth per direction:
    back-pressure is the reader simply not being polled while the writer is
@@ -49,7 +53,10 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 # Rounds of read+write per readiness event before yielding to other fds.
 MAX_ROUNDS = 4
+# Scratch buffer for copied reads; a read that fills it switches a half to splice.
 COPY_BUFFER = 65536
+# A spliced read shorter than this switches the half back to copying.
+SMALL_READ = 16384
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT,
                            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED})
@@ -74,6 +81,7 @@ class PipePool:
     """
 
     def __init__(self, cap: int, size: int, counters: memoryview | None = None) -> None:
+        self.scratch = memoryview(bytearray(COPY_BUFFER))  # shared by every copy round
         self.cap = cap
         self.size = size
         self.existing = 0
@@ -118,8 +126,8 @@ class PipePool:
 class _Half:
     """One direction of a relay; see the module rules."""
 
-    __slots__ = ("src", "dst", "src_fd", "dst_fd", "pipe", "pending", "eof", "done",
-                 "splice", "buf", "offset", "moved", "read_counter", "write_counter",
+    __slots__ = ("src", "dst", "src_fd", "dst_fd", "pipe", "pending", "leftover", "eof",
+                 "done", "splice_ok", "bulk", "moved", "read_counter", "write_counter",
                  "copy_reason")
 
     def __init__(self, src: socket.socket, dst: socket.socket,
@@ -128,17 +136,17 @@ class _Half:
         self.dst = dst
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
-        self.pipe: Pipe | None = None
-        self.pending = 0          # bytes read but not yet written
-        self.eof = False          # src sent FIN
-        self.done = False         # FIN passed on to dst
-        self.splice = splice
-        self.buf: memoryview | None = None
-        self.offset = 0
-        self.moved = 0            # bytes written to dst
+        self.pipe: Pipe | None = None   # held only while it has bytes in flight
+        self.pending = 0                # bytes read but not yet written
+        self.leftover = b""             # copied bytes a short send left behind
+        self.eof = False                # src sent FIN
+        self.done = False               # FIN passed on to dst
+        self.splice_ok = splice         # False once the kernel refused (EINVAL)
+        self.bulk = False               # reads fill buffers: splice them
+        self.moved = 0                  # bytes written to dst
         self.read_counter = read_counter
         self.write_counter = write_counter
-        self.copy_reason = C.bytes_copied_no_pipe if splice else C.bytes_copied_unsupported
+        self.copy_reason = C.bytes_copied_small  # why ``leftover`` was copied
 
     @property
     def reading(self) -> bool:
@@ -150,9 +158,6 @@ class Relay:
     sides have closed, an error occurs, or ``idle_timeout`` passes without a
     byte moving. ``on_close(relay, reason)`` is called once, after both
     sockets are closed; ``reason`` is "done", "reset", "idle" or "error".
-
-    ``initial`` bytes (already read from the client, e.g. after a PROXY
-    header) are sent to the upstream first.
     """
 
     def __init__(self, reactor: Reactor, pool: PipePool, counters: memoryview,
@@ -174,7 +179,11 @@ class Relay:
         self._timer: Timer | None = None
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self) -> None:
+    def start(self, upstream_registered_mask: int = 0) -> None:
+        """Begin relaying. ``upstream_registered_mask``: the upstream fd is
+        already in the selector with this mask (from connecting), so its
+        interest is modified rather than added."""
+        self._masks[self.down.src_fd] = upstream_registered_mask
         self._timer = self.reactor.call_later(self.idle_timeout, self._on_idle_timer)
         self._update_interest()
 
@@ -186,7 +195,7 @@ class Relay:
             self._timer.cancel()
         for fd, mask in self._masks.items():
             if mask:
-                self.reactor.unregister(fd)
+                self.reactor.forget(fd)  # closed just below
         for half in (self.up, self.down):
             if half.pipe is not None:
                 if half.pending:
@@ -210,6 +219,8 @@ class Relay:
 
     def _on_event(self, mask: int, reader: _Half, writer: _Half) -> None:
         """``reader`` reads from this fd; ``writer`` writes to it."""
+        if self.closed:  # closed earlier in this pass
+            return
         self.last_active = self.reactor.now
         try:
             if mask & EVENT_WRITE and writer.pending:
@@ -235,90 +246,121 @@ class Relay:
 
     # -- moving bytes ------------------------------------------------------------
     def _pump(self, half: _Half) -> None:
+        """Move what ``src`` has, up to MAX_ROUNDS reads, until EAGAIN, EOF or
+        a short write. Small reads are copied through the worker's scratch
+        buffer (cheaper than splice for a few hundred bytes, measured in
+        bench/RESULTS.md); once a read fills the scratch buffer the half
+        switches to splice, and back when a spliced read comes up short."""
         for _ in range(MAX_ROUNDS):
-            n = self._read(half)
-            if n <= 0:
-                if n == 0:
-                    half.eof = True
-                    self._pass_eof(half)
+            if half.bulk and half.splice_ok:
+                pipe = half.pipe or self.pool.get()
+                if pipe is not None:
+                    if not self._splice_round(half, pipe):
+                        return
+                    continue
+                n = self._copy_round(half, C.bytes_copied_no_pipe)
+            else:
+                n = self._copy_round(half, C.bytes_copied_small if half.splice_ok
+                                     else C.bytes_copied_unsupported)
+            if n < COPY_BUFFER or half.pending:
                 return
-            self._flush(half)
-            if half.pending:
-                return
-            if half.pipe is not None:
-                full = n >= half.pipe.capacity
-                if not full:
-                    self.pool.put(half.pipe)
-                    half.pipe = None
-                    return
-            elif half.buf is not None and n < len(half.buf):
-                return
+            if half.splice_ok:
+                half.bulk = True
 
-    def _read(self, half: _Half) -> int:
-        """Read into the empty pipe or buffer: bytes read, 0 at EOF, -1 if none."""
-        if half.splice:
-            pipe = half.pipe
-            if pipe is None:
-                pipe = half.pipe = self.pool.get()
-            if pipe is not None:
-                try:
-                    n = os.splice(half.src_fd, pipe.w, pipe.capacity, None, None, SPLICE_FLAGS)
-                except BlockingIOError:
-                    self.pool.put(pipe)
-                    half.pipe = None
-                    return -1
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self.pool.put(pipe)
-                    half.pipe = None
-                    half.splice = False  # this fd pair cannot splice: copy from now on
-                    half.copy_reason = C.bytes_copied_unsupported
-                    return self._read(half)
-                half.pending = n
-                self.c[half.read_counter] += n
-                return n
-        if half.buf is None:
-            half.buf = memoryview(bytearray(COPY_BUFFER))
+    def _splice_round(self, half: _Half, pipe: Pipe) -> bool:
+        """One socket->pipe->socket round; True to keep reading."""
+        half.pipe = pipe
         try:
-            n = half.src.recv_into(half.buf)
+            n = os.splice(half.src_fd, pipe.w, pipe.capacity, None, None, SPLICE_FLAGS)
         except BlockingIOError:
-            return -1
-        half.offset = 0
-        half.pending = n
+            n = -1
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            half.splice_ok = False  # this fd pair cannot splice: copy from now on
+            n = -2
+        if n <= 0:
+            self.pool.put(pipe)
+            half.pipe = None
+            if n == 0:
+                self._eof(half)
+            return n == -2
         self.c[half.read_counter] += n
+        half.pending = n
+        self._flush(half)
+        if half.pending:
+            return False
+        if n < pipe.capacity:
+            self.pool.put(pipe)
+            half.pipe = None
+            if n < SMALL_READ:
+                half.bulk = False
+            return False
+        return True
+
+    def _copy_round(self, half: _Half, reason: int) -> int:
+        """One recv_into+send round through the shared scratch buffer; the
+        bytes read (a short send keeps the rest in ``leftover``), 0 at EOF
+        or when nothing was there."""
+        scratch = self.pool.scratch
+        try:
+            n = half.src.recv_into(scratch)
+        except BlockingIOError:
+            return 0
+        if n == 0:
+            self._eof(half)
+            return 0
+        c = self.c
+        c[half.read_counter] += n
+        try:
+            sent = half.dst.send(scratch[:n])
+        except BlockingIOError:
+            sent = 0
+        if sent:
+            half.moved += sent
+            c[half.write_counter] += sent
+            c[C.bytes_copied] += sent
+            c[reason] += sent
+        if sent < n:
+            half.copy_reason = reason
+            half.leftover = bytes(scratch[sent:n])
+            half.pending = n - sent
         return n
 
     def _flush(self, half: _Half) -> None:
         """Write what the half holds; one attempt (a short write means full)."""
-        pipe = half.pipe
+        c = self.c
         try:
-            if pipe is not None:
-                n = os.splice(pipe.r, half.dst_fd, half.pending, None, None, SPLICE_FLAGS)
-                self.c[C.bytes_spliced] += n
+            if half.pipe is not None:
+                n = os.splice(half.pipe.r, half.dst_fd, half.pending, None, None, SPLICE_FLAGS)
+                c[C.bytes_spliced] += n
             else:
-                assert half.buf is not None
-                n = half.dst.send(half.buf[half.offset:half.offset + half.pending])
-                half.offset += n
-                self.c[C.bytes_copied] += n
-                self.c[half.copy_reason] += n
+                n = half.dst.send(half.leftover)
+                half.leftover = half.leftover[n:]
+                c[C.bytes_copied] += n
+                c[half.copy_reason] += n
         except BlockingIOError:
             return
         half.pending -= n
         half.moved += n
-        self.c[half.write_counter] += n
+        c[half.write_counter] += n
+
+    def _eof(self, half: _Half) -> None:
+        half.eof = True
+        self._pass_eof(half)
 
     def _pass_eof(self, half: _Half) -> None:
         if half.done or half.pending:
             return
         half.done = True
+        other = self.down if half is self.up else self.up
+        if other.done:
+            self.close("done")  # close() sends the FIN: no shutdown needed
+            return
         try:
             half.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        other = self.down if half is self.up else self.up
-        if other.done:
-            self.close("done")
 
     # -- selector interest ---------------------------------------------------------
     def _update_interest(self) -> None:

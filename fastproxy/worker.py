@@ -206,8 +206,7 @@ class Acceptor:
             accepted += 1
             c[C.conn_accepted] += 1
             try:
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setblocking(False)  # TCP_NODELAY is inherited from the listener
                 self.handler.accepted(conn, addr)
             except Exception:
                 log.exception("error starting a session")
