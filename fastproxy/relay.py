@@ -45,7 +45,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from fastproxy.reactor import EVENT_READ, EVENT_WRITE, Reactor, Timer
+from fastproxy.reactor import EVENT_READ, EVENT_WRITE, Reactor
 from fastproxy.stats.shm import C
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -155,8 +155,11 @@ class _Half:
 
 class Relay:
     """Relay bytes both ways between ``client`` and ``upstream`` until both
-    sides have closed, an error occurs, or ``idle_timeout`` passes without a
-    byte moving. ``on_close(relay, reason)`` is called once, after both
+    sides have closed, an error occurs, or the owner calls
+    ``close("idle")`` after ``idle_expired(now)`` says no byte moved for
+    ``idle_timeout`` (owners sweep their sessions periodically instead of
+    arming one timer per connection). ``on_close(relay, reason)`` is called
+    once, after both
     sockets are closed; ``reason`` is "done", "reset", "idle" or "error".
     """
 
@@ -176,7 +179,6 @@ class Relay:
         self.closed = False
         self.last_active = reactor.now
         self._masks = {self.up.src_fd: 0, self.down.src_fd: 0}
-        self._timer: Timer | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, upstream_registered_mask: int = 0) -> None:
@@ -184,15 +186,12 @@ class Relay:
         already in the selector with this mask (from connecting), so its
         interest is modified rather than added."""
         self._masks[self.down.src_fd] = upstream_registered_mask
-        self._timer = self.reactor.call_later(self.idle_timeout, self._on_idle_timer)
         self._update_interest()
 
     def close(self, reason: str = "done") -> None:
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
         for fd, mask in self._masks.items():
             if mask:
                 self.reactor.forget(fd)  # closed just below
@@ -234,7 +233,8 @@ class Relay:
         except OSError as exc:
             self.close("reset" if exc.errno in _RESET_ERRNOS else "error")
             return
-        if not self.closed:
+        # A read that was fully written changes no interest: skip the work.
+        if not self.closed and (reader.pending or reader.eof or mask & EVENT_WRITE):
             self._update_interest()
 
     def _after_flush(self, half: _Half) -> None:
@@ -383,15 +383,8 @@ class Relay:
         self._masks[fd] = mask
 
     # -- timeouts -------------------------------------------------------------------
-    def _on_idle_timer(self) -> None:
-        if self.closed:
-            return
-        remaining = self.last_active + self.idle_timeout - self.reactor.now
-        if remaining > 0:
-            self._timer = self.reactor.call_later(remaining, self._on_idle_timer)
-            return
-        self.c[C.idle_timeouts] += 1
-        self.close("idle")
+    def idle_expired(self, now: float) -> bool:
+        return now - self.last_active >= self.idle_timeout
 
 
 def set_reset(sock: socket.socket) -> None:

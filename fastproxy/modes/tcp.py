@@ -14,7 +14,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from fastproxy.reactor import EVENT_WRITE, Timer
+from fastproxy.reactor import EVENT_WRITE
 from fastproxy.relay import Relay, set_reset
 from fastproxy.stats.shm import C, H
 
@@ -45,7 +45,7 @@ class TcpSession:
     """One client connection: connecting, then relaying, then closed."""
 
     __slots__ = ("mode", "ctx", "client", "addr", "upstream", "candidates", "attempts",
-                 "server", "conn", "timer", "relay", "started", "connect_started", "closed")
+                 "server", "conn", "relay", "started", "connect_started", "closed")
 
     def __init__(self, mode: TcpMode, client: socket.socket, addr: tuple[str, int]) -> None:
         self.mode = mode
@@ -57,7 +57,6 @@ class TcpSession:
         self.attempts = 0
         self.server = -1
         self.conn: socket.socket | None = None
-        self.timer: Timer | None = None
         self.relay: Relay | None = None
         self.started = self.ctx.reactor.now
         self.connect_started = 0.0
@@ -83,37 +82,40 @@ class TcpSession:
         self.server = self.candidates[self.attempts]
         self.attempts += 1
         sockaddr, family = self.upstream.sockaddrs[self.server]
-        conn = socket.socket(family, socket.SOCK_STREAM)
-        conn.setblocking(False)
+        conn = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = conn
         self.connect_started = self.ctx.reactor.now
         err = conn.connect_ex(sockaddr)
         if err == errno.EINPROGRESS:
             reactor = self.ctx.reactor
             reactor.register(conn.fileno(), EVENT_WRITE, self._on_connect_event)
-            self.timer = reactor.call_later(self.mode.listener.timeouts.connect,
-                                            self._on_connect_timeout)
         elif err == 0:
-            self._connected()
+            self._connected(0)
         else:
             self._connect_failed(C.upstream_connect_errors)
 
     def _on_connect_event(self, _mask: int) -> None:
         assert self.conn is not None
-        self.ctx.reactor.unregister(self.conn.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         err = self.conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
+            self.ctx.reactor.forget(self.conn.fileno())  # closed just after
             self._connect_failed(C.upstream_connect_errors)
         else:
-            self._connected()
+            self._connected(EVENT_WRITE)  # still registered: the relay modifies it
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the worker's periodic sweep."""
+        if self.relay is not None:
+            if self.relay.idle_expired(now):
+                self.ctx.c[C.idle_timeouts] += 1
+                self.relay.close("idle")
+        elif self.conn is not None and now - self.connect_started >= self.mode.listener.timeouts.connect:
+            self._on_connect_timeout()
 
     def _on_connect_timeout(self) -> None:
-        self.timer = None
         if self.conn is not None:
-            self.ctx.reactor.unregister(self.conn.fileno())
+            self.ctx.reactor.forget(self.conn.fileno())  # closed just after
             self._connect_failed(C.upstream_connect_timeouts)
 
     def _connect_failed(self, counter: int) -> None:
@@ -124,16 +126,15 @@ class TcpSession:
             self.conn = None
         self._connect_next()
 
-    def _connected(self) -> None:
+    def _connected(self, registered_mask: int) -> None:
         assert self.conn is not None
         ctx = self.ctx
         ctx.slot.observe(_HIST_CONNECT, ctx.reactor.now - self.connect_started)
         self.upstream.record_success(self.server)
-        self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.relay = Relay(ctx.reactor, ctx.pool, ctx.c, self.client, self.conn,
                            self._on_relay_closed, self.mode.listener.timeouts.idle)
         self.conn = None  # owned by the relay now
-        self.relay.start()
+        self.relay.start(registered_mask)
 
     # -- ending ------------------------------------------------------------------
     def _fail(self, status: int) -> None:
@@ -142,6 +143,7 @@ class TcpSession:
         self._finish(status, 0, 0)
 
     def _on_relay_closed(self, relay: Relay, reason: str) -> None:
+        self.relay = None  # no session<->relay cycle left for the GC
         self.upstream.session_closed(self.server, relay.up.moved, relay.down.moved)
         self._finish(200, relay.down.moved, relay.up.moved)
 
@@ -162,11 +164,8 @@ class TcpSession:
         if self.relay is not None:
             self.relay.close("error")
             return
-        if self.timer is not None:
-            self.timer.cancel()
         if self.conn is not None:
-            if self.ctx.reactor.is_registered(self.conn.fileno()):
-                self.ctx.reactor.unregister(self.conn.fileno())
+            self.ctx.reactor.forget(self.conn.fileno())
             self.conn.close()
             self.conn = None
         self._fail(502)
