@@ -159,8 +159,8 @@ class Relay:
     ``close("idle")`` after ``idle_expired(now)`` says no byte moved for
     ``idle_timeout`` (owners sweep their sessions periodically instead of
     arming one timer per connection). ``on_close(relay, reason)`` is called
-    once, after both
-    sockets are closed; ``reason`` is "done", "reset", "idle" or "error".
+    once, after both sockets are closed; ``reason`` is "done", "reset",
+    "idle" or "error".
     """
 
     def __init__(self, reactor: Reactor, pool: PipePool, counters: memoryview,

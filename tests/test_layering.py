@@ -17,7 +17,9 @@ MODULES = sorted(
     for p in PACKAGE.rglob("*.py") if p.name != "__main__.py"
 )
 PURE = {"fastproxy.config", "fastproxy.errors", "fastproxy.arbiter",
-        "fastproxy.stats.shm", "fastproxy.stats.export", "fastproxy.upstream.balance"}
+        "fastproxy.stats.shm", "fastproxy.stats.export", "fastproxy.upstream.balance",
+        "fastproxy.http", "fastproxy.http.events", "fastproxy.http.framing",
+        "fastproxy.http.headers", "fastproxy.http.state", "fastproxy.http.syntax"}
 FORBIDDEN = {"socket", "selectors", "signal", "select", "subprocess", "multiprocessing"}
 
 
