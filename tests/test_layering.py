@@ -23,10 +23,13 @@ PURE = {"fastproxy.config", "fastproxy.errors", "fastproxy.arbiter",
 FORBIDDEN = {"socket", "selectors", "signal", "select", "subprocess", "multiprocessing"}
 
 
-def _imports(module: str) -> set[str]:
+def _source(module: str) -> Path:
     path = PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py")
-    if not path.exists():
-        path = path.with_suffix("") / "__init__.py"
+    return path if path.exists() else path.with_suffix("") / "__init__.py"
+
+
+def _imports(module: str) -> set[str]:
+    path = _source(module)
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -57,8 +60,7 @@ def test_pure_module_has_no_io_imports(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(PURE))
 def test_pure_module_does_not_fork(module: str) -> None:
-    path = PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py")
-    assert "os.fork" not in path.read_text()
+    assert "os.fork" not in _source(module).read_text()
 
 
 def test_importing_the_package_has_no_side_effects() -> None:
