@@ -181,11 +181,28 @@ class Relay:
         self._masks = {self.up.src_fd: 0, self.down.src_fd: 0}
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, upstream_registered_mask: int = 0) -> None:
-        """Begin relaying. ``upstream_registered_mask``: the upstream fd is
-        already in the selector with this mask (from connecting), so its
-        interest is modified rather than added."""
+    def start(self, upstream_registered_mask: int = 0, *, client_registered_mask: int = 0,
+              to_upstream: bytes = b"", to_client: bytes = b"") -> None:
+        """Begin relaying.
+
+        ``*_registered_mask``: the fd is already in the selector with this
+        mask (from connecting, or from the HTTP session handing over a
+        tunnel), so its interest is modified rather than added.
+        ``to_upstream`` / ``to_client``: bytes already read from the other
+        side, sent before anything else.
+        """
+        self._masks[self.up.src_fd] = client_registered_mask
         self._masks[self.down.src_fd] = upstream_registered_mask
+        # Take the registrations over from their previous owner (no syscall:
+        # the selector only swaps the callback when the mask is unchanged).
+        if client_registered_mask:
+            self.reactor.modify(self.up.src_fd, client_registered_mask, self._on_client)
+        if upstream_registered_mask:
+            self.reactor.modify(self.down.src_fd, upstream_registered_mask, self._on_upstream)
+        for half, data in ((self.up, to_upstream), (self.down, to_client)):
+            if data:
+                half.leftover = data
+                half.pending = len(data)
         self._update_interest()
 
     def close(self, reason: str = "done") -> None:
@@ -392,3 +409,107 @@ def set_reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     except OSError:
         pass
+
+
+WANT_READ, WANT_WRITE, DONE = 1, 2, 3
+
+
+class Mover:
+    """Move a message body one way, ``src -> pipe -> dst``, outside the parser.
+
+    Moves exactly ``remaining`` bytes, or until EOF when ``remaining`` is
+    None (a response delimited by the close of the connection). ``step()``
+    goes as far as it can without blocking and says what it waits for:
+    WANT_READ, WANT_WRITE, or DONE (everything moved, or EOF: see ``eof``).
+    ``on_read(n)`` is told of every run read, so the owner can account the
+    bytes to its parser (``body_consumed``). The same rules as ``Relay``
+    hold: read only with an empty pipe, one write attempt per step, copy
+    through the pool's scratch buffer when no pipe is free.
+    """
+
+    __slots__ = ("pool", "c", "src", "dst", "remaining", "on_read", "pipe", "pending",
+                 "leftover", "eof", "moved", "write_counter")
+
+    def __init__(self, pool: PipePool, counters: memoryview, src: socket.socket,
+                 dst: socket.socket, remaining: int | None, on_read: Callable[[int], None],
+                 write_counter: int) -> None:
+        self.pool = pool
+        self.c = counters
+        self.src = src
+        self.dst = dst
+        self.remaining = remaining
+        self.on_read = on_read
+        self.pipe: Pipe | None = None
+        self.pending = 0
+        self.leftover = b""
+        self.eof = False
+        self.moved = 0
+        self.write_counter = write_counter
+
+    def step(self) -> int:
+        """Raises OSError from either socket (the owner aborts)."""
+        while True:
+            if self.pending and not self._write():
+                return WANT_WRITE
+            if self.remaining == 0 or self.eof:
+                self.release()
+                return DONE
+            if not self._read():
+                return WANT_READ
+
+    def _read(self) -> bool:
+        want = COPY_BUFFER if self.remaining is None else min(self.remaining, 1 << 20)
+        pipe = self.pipe or self.pool.get()
+        if pipe is not None:
+            self.pipe = pipe
+            try:
+                n = os.splice(self.src.fileno(), pipe.w, min(want, pipe.capacity),
+                              None, None, SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+        else:
+            scratch = self.pool.scratch
+            try:
+                n = self.src.recv_into(scratch, min(want, len(scratch)))
+            except BlockingIOError:
+                return False
+            self.leftover = bytes(scratch[:n])
+        if n == 0:
+            if self.remaining is not None:
+                raise ConnectionResetError(errno.ECONNRESET, "peer closed mid-body")
+            self.eof = True
+            return True
+        if self.remaining is not None:
+            self.remaining -= n
+        self.pending = n
+        self.on_read(n)
+        return True
+
+    def _write(self) -> bool:
+        """One write attempt; True when nothing is left pending."""
+        try:
+            if self.leftover:
+                n = self.dst.send(self.leftover)
+                self.leftover = self.leftover[n:]
+                self.c[C.bytes_copied] += n
+                self.c[C.bytes_copied_no_pipe] += n
+            else:
+                assert self.pipe is not None
+                n = os.splice(self.pipe.r, self.dst.fileno(), self.pending, None, None,
+                              SPLICE_FLAGS)
+                self.c[C.bytes_spliced] += n
+        except BlockingIOError:
+            return False
+        self.pending -= n
+        self.moved += n
+        self.c[self.write_counter] += n
+        return self.pending == 0
+
+    def release(self) -> None:
+        """Give the pipe back (or close it if bytes are stuck in it)."""
+        if self.pipe is not None:
+            if self.pending and not self.leftover:
+                self.pool.discard(self.pipe)
+            else:
+                self.pool.put(self.pipe)
+            self.pipe = None

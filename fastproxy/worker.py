@@ -35,6 +35,7 @@ from fastproxy.reactor import EVENT_READ, Reactor, Timer
 from fastproxy.relay import PipePool
 from fastproxy.stats.shm import C, N_SERVER_COUNTERS, S, Segment, SlotState, SlotView
 from fastproxy.upstream.balance import make_balancer
+from fastproxy.upstream.pool import IdlePool
 
 log = logging.getLogger("fastproxy")
 
@@ -146,6 +147,7 @@ class WorkerContext:
         self.slot: SlotView = spec.segment.slot_view(spec.stats_index)
         self.c = self.slot.c
         self.pool = PipePool(spec.pipe_cap, spec.pipe_size, self.c)
+        self.idle = IdlePool(self.reactor)
         self.access = AccessLog(spec.config.log)
         self.sessions: set[Session] = set()
         self.upstreams = {
@@ -278,16 +280,20 @@ class Worker:
             self.drain()  # the master died before we got here
         os.write(spec.status_fd, b"R")
         self.reactor.run()
+        self.ctx.idle.close()
         self.ctx.pool.close()
         self.ctx.access.close()
         return 0
 
     def _build_acceptors(self) -> None:
+        from fastproxy.modes.reverse import HttpMode
         from fastproxy.modes.tcp import TcpMode
 
         for listener, sock in self.spec.sockets:
             if listener.mode == "tcp":
                 handler: ModeHandler = TcpMode(self.ctx, listener)
+            elif listener.mode == "http":
+                handler = HttpMode(self.ctx, listener)
             else:
                 raise NotImplementedError(f"mode {listener.mode!r} is not available yet")
             acceptor = Acceptor(self, sock, handler)
@@ -370,6 +376,7 @@ class Worker:
         now = self.reactor.now
         for session in list(self.ctx.sessions):
             session.check_timeouts(now)
+        self.ctx.idle.expire(now)
         self.reactor.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _flush_logs(self) -> None:

@@ -185,6 +185,11 @@ class _Parser:
         return bytes(self._buf), self._eof
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed (what the caller should bound)."""
+        return len(self._buf)
+
+    @property
     def body_remaining(self) -> int | None:
         """Body bytes not yet delivered (Data or body_consumed): the rest of a
         Content-Length body in BODY, None (unknown) in UNTIL_CLOSE, else 0."""

@@ -1,0 +1,755 @@
+"""HTTP reverse proxy mode: parse, route, forward, stream back, keep alive.
+
+Theory of operation
+-------------------
+One ``HttpSession`` per client connection runs the exchanges on it one at
+a time (pipelined requests wait in the parser's buffer, so responses leave
+in order). An exchange:
+
+1. *head*: bytes go into a ``RequestParser`` until it yields a Request (the
+   parser applies the strict RFC 9112 policy; any ProtocolError is answered
+   with its status and the connection closed, so nothing after a bad head
+   can reach an upstream);
+2. *route*: the first route matching host and path prefix, else the
+   listener's upstream; the balancer's candidates are tried in order,
+   taking an idle pooled connection to a candidate when there is one;
+3. *forward*: the rewritten head (hop-by-hop fields removed,
+   X-Forwarded-*, Via, our framing) and the body go up; the response comes
+   back through a ``ResponseParser`` and down to the client. Bodies of known
+   length above ``SPLICE_MIN`` bypass the parsers and move with splice
+   (``relay.Mover``); the rest are copied, chunked bodies re-framed with
+   their original chunk boundaries and extensions;
+4. *finish*: the upstream connection returns to the pool when both
+   messages were complete and the server keeps it alive; the client
+   connection is kept alive unless either side asked to close.
+
+A 101 answer to an Upgrade request hands both sockets to a ``Relay``.
+Reads on a side pause while the other side's output buffer holds
+``MAX_BUFFER`` bytes (back-pressure). Timeouts are checked by the worker's
+sweep: client_header (408), idle (keep-alive), connect (next server),
+upstream_read (504, or abort once the response has begun).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from fastproxy.errors import ProtocolError
+from fastproxy.http import (
+    NEED_DATA, PAUSED, BodyKind, ConnectionClosed, Data, EndOfMessage, InformationalResponse,
+    Request, RequestParser, Response, ResponseParser, add_forwarded_for, add_via,
+    decrement_max_forwards, encode_last_chunk, encode_piece, frame_headers, remove_fields,
+    remove_hop_by_hop, serialize_request, serialize_response, upgrade_protocols,
+)
+from fastproxy.modes.httpcommon import CompiledRoute, access_line, error_response, host_of, parser_limits
+from fastproxy.reactor import EVENT_READ, EVENT_WRITE
+from fastproxy.relay import DONE, WANT_WRITE, Mover, Relay, set_reset
+from fastproxy.stats.shm import C, H
+
+if TYPE_CHECKING:
+    from fastproxy.config import Listener
+    from fastproxy.worker import UpstreamRuntime, WorkerContext
+
+log = logging.getLogger("fastproxy")
+
+READ_SIZE = 65536
+MAX_BUFFER = 256 * 1024      # stop reading a side while the other's output holds this
+SPLICE_MIN = 128 * 1024      # known-length bodies from this size move with splice
+_RESPONSE_CLASS = {1: C.responses_1xx, 2: C.responses_2xx, 3: C.responses_3xx,
+                   4: C.responses_4xx, 5: C.responses_5xx}
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class Phase(enum.Enum):
+    HEAD = "head"            # reading a request head
+    CONNECT = "connect"      # connecting to an upstream
+    FORWARD = "forward"      # exchanging with the upstream
+    CLOSING = "closing"      # flushing a last response, then close
+    TUNNEL = "tunnel"        # a Relay owns both sockets
+    CLOSED = "closed"
+
+
+class HttpMode:
+    """Per-listener handler for ``mode = "http"``."""
+
+    def __init__(self, ctx: WorkerContext, listener: Listener) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.limits = parser_limits(listener.limits)
+        self.routes = [CompiledRoute.from_config(r) for r in listener.routes]
+        assert listener.upstream is not None
+        self.default = ctx.upstreams[listener.upstream]
+
+    def accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        HttpSession(self, sock, addr).start()
+
+    def route(self, request: Request) -> UpstreamRuntime:
+        host = host_of(request.authority)
+        for route in self.routes:
+            if route.matches(host, request.path):
+                return self.ctx.upstreams[route.upstream]
+        return self.default
+
+
+class HttpSession:
+    """One client connection; see the module docstring."""
+
+    def __init__(self, mode: HttpMode, client: socket.socket, addr: tuple[str, int]) -> None:
+        self.mode = mode
+        self.ctx = mode.ctx
+        self.client = client
+        self.cfd = client.fileno()
+        self.addr = addr
+        self.parser = RequestParser(mode.limits)
+        self.cout = bytearray()
+        self.uout = bytearray()
+        self.masks: dict[int, int] = {}
+        self.phase = Phase.HEAD
+        now = self.ctx.reactor.now
+        self.last_client = self.last_upstream = self.head_started = now
+        self.client_eof = False
+        self.served = 0
+        self._relay: Relay | None = None
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.upstream: UpstreamRuntime | None = None
+        self.up: socket.socket | None = None
+        self.ufd = -1
+        self.resp: ResponseParser | None = None
+        self.candidates: list[int] = []
+        self.attempts = 0
+        self.server = -1
+        self.reused = False
+        self.req_done = False
+        self.resp_done = False
+        self.req_chunked = False
+        self.resp_chunked = False
+        self.req_mover: Mover | None = None
+        self.resp_mover: Mover | None = None
+        self.resp_bytes = 0
+        self.resp_head_sent = False
+        self.upgrade = False
+        self.exchange_started = self.ctx.reactor.now
+        self.upstream_started = 0.0
+        self.upstream_time: float | None = None
+        self.client_keepalive = False
+        self.active_counted = False   # this exchange holds one of the server's "active"
+        self.head = b""               # the forwarded request head (for a retry)
+        self.up_sent = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self.ctx.session_opened(self)
+        self._set_mask(self.cfd, EVENT_READ, self._on_client)
+
+    def close(self, reset: bool = False) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        if self.phase is not Phase.TUNNEL:
+            self._drop_upstream(reusable=False)
+            self._release_movers()
+            if self.masks.get(self.cfd):
+                self.ctx.reactor.forget(self.cfd)
+            if reset:
+                set_reset(self.client)
+            self.client.close()
+        self.phase = Phase.CLOSED
+        self.ctx.session_closed(self)
+
+    def abort(self) -> None:
+        if self.phase is Phase.TUNNEL and self._relay is not None:
+            self._relay.close("error")
+        else:
+            self.close(reset=True)
+
+    def check_timeouts(self, now: float) -> None:
+        timeouts = self.mode.listener.timeouts
+        if self.phase is Phase.HEAD:
+            if self.parser.buffered:  # a head has begun: slowloris guard
+                if now - self.head_started >= timeouts.client_header:
+                    self._fail(408, "request head not received in time")
+            elif now - self.last_client >= (timeouts.idle if self.served else timeouts.client_header):
+                self.close()  # nothing sent: close quietly, as nginx does
+        elif self.phase is Phase.CONNECT:
+            if now - self.last_upstream >= timeouts.connect:
+                self.ctx.c[C.upstream_connect_timeouts] += 1
+                self._connect_failed()
+        elif self.phase is Phase.FORWARD:
+            if now - self.last_upstream >= timeouts.upstream_read:
+                self._upstream_failed(504, "upstream timed out")
+            elif not self.req_done and now - self.last_client >= timeouts.idle:
+                self.close(reset=True)
+        elif self.phase is Phase.CLOSING and now - self.last_client >= timeouts.idle:
+            self.close(reset=True)
+        elif self.phase is Phase.TUNNEL and self._relay is not None:
+            if self._relay.idle_expired(now):
+                self.ctx.c[C.idle_timeouts] += 1
+                self._relay.close("idle")
+
+    # -- events -----------------------------------------------------------------
+    def _on_client(self, mask: int) -> None:
+        if self.phase in (Phase.CLOSED, Phase.TUNNEL):
+            return
+        try:
+            if mask & EVENT_WRITE:
+                self._flush_client()
+            if mask & EVENT_READ and self.phase is not Phase.CLOSED:
+                self._read_client()
+            self._drive()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+        except OSError:
+            self.close(reset=True)
+        self._update_interest()
+
+    def _on_upstream(self, mask: int) -> None:
+        if self.phase in (Phase.CLOSED, Phase.TUNNEL):
+            return
+        try:
+            if self.phase is Phase.CONNECT:
+                self._on_connect_event()
+            else:
+                if mask & EVENT_WRITE:
+                    self._flush_upstream()
+                if mask & EVENT_READ and self.phase is Phase.FORWARD:
+                    self._read_upstream()
+            self._drive()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+        except OSError:
+            self.close(reset=True)
+        self._update_interest()
+
+    def _read_client(self) -> None:
+        if self.req_mover is not None:
+            self.last_client = self.ctx.reactor.now
+            self._step_req_mover()
+            return
+        try:
+            data = self.client.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        self.last_client = self.ctx.reactor.now
+        if not data:
+            self.client_eof = True
+            if self.phase is not Phase.HEAD and not self.req_done:
+                self.close(reset=True)  # gone mid-request: free the upstream now
+                return
+        else:
+            if self.phase is Phase.HEAD and not self.parser.buffered:
+                self.head_started = self.ctx.reactor.now
+            self.ctx.c[C.bytes_in] += len(data)
+        self.parser.receive_data(data)
+
+    def _read_upstream(self) -> None:
+        assert self.up is not None and self.resp is not None
+        if self.resp_mover is not None:
+            self.last_upstream = self.ctx.reactor.now
+            self._step_resp_mover()
+            return
+        try:
+            data = self.up.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._upstream_io_error(exc)
+            return
+        if not data and self.resp_bytes == 0:
+            self._upstream_io_error(ConnectionResetError(errno.ECONNRESET, "closed without a response"))
+            return
+        self.last_upstream = self.ctx.reactor.now
+        self.ctx.c[C.upstream_bytes_in] += len(data)
+        self.resp_bytes += len(data)
+        self.resp.receive_data(data)
+
+    # -- driving the parsers --------------------------------------------------------
+    def _drive(self) -> None:
+        progress = True
+        while progress and self.phase not in (Phase.CLOSED, Phase.TUNNEL):
+            progress = self._drive_request()
+            if self.phase is Phase.FORWARD and self.resp is not None:
+                progress = self._drive_response() or progress
+            if self.cout:
+                self._flush_client()
+            if self.uout and self.phase is Phase.FORWARD:
+                self._flush_upstream()
+
+    def _drive_request(self) -> bool:
+        if self.phase is Phase.HEAD:
+            event = self.parser.next_event()
+            if isinstance(event, Request):
+                self._begin(event)
+                return True
+            if isinstance(event, ConnectionClosed):
+                self._close_after_flush()
+            return False
+        if self.phase is not Phase.FORWARD or self.req_done or self.req_mover is not None:
+            return False
+        progress = False
+        while len(self.uout) < MAX_BUFFER:
+            event = self.parser.next_event()
+            if isinstance(event, Data):
+                self.uout += encode_piece(event) if self.req_chunked else event.data
+            elif isinstance(event, EndOfMessage):
+                if self.req_chunked:
+                    self.uout += encode_last_chunk(event.trailers)
+                self.req_done = True
+                return True
+            else:
+                if event is NEED_DATA and not self.uout and self._splice_worthy(self.parser):
+                    self.req_mover = Mover(self.ctx.pool, self.ctx.c, self.client, self.up,
+                                           self.parser.body_remaining, self._req_read,
+                                           C.upstream_bytes_out)
+                    self._step_req_mover()
+                return progress
+            progress = True
+        return progress
+
+    def _drive_response(self) -> bool:
+        assert self.resp is not None
+        if self.resp_done or self.resp_mover is not None:
+            return False
+        progress = False
+        while len(self.cout) < MAX_BUFFER:
+            event = self.resp.next_event()
+            if isinstance(event, Response):
+                self._on_response(event)
+                if self.phase is Phase.TUNNEL:
+                    return False
+            elif isinstance(event, InformationalResponse):
+                self.cout += serialize_response(event, remove_hop_by_hop(event.headers))
+            elif isinstance(event, Data):
+                self.cout += encode_piece(event) if self.resp_chunked else event.data
+            elif isinstance(event, EndOfMessage):
+                if self.resp_chunked:
+                    self.cout += encode_last_chunk(event.trailers)
+                self._response_complete()
+                return True
+            else:
+                if event is NEED_DATA and not self.cout and self._splice_worthy(self.resp):
+                    assert self.up is not None
+                    self.resp_mover = Mover(self.ctx.pool, self.ctx.c, self.up, self.client,
+                                            self.resp.body_remaining, self._resp_read,
+                                            C.bytes_out)
+                    self._step_resp_mover()
+                return progress
+            progress = True
+        return progress
+
+    @staticmethod
+    def _splice_worthy(parser: RequestParser | ResponseParser) -> bool:
+        remaining = parser.body_remaining
+        if parser.body_kind is BodyKind.CLOSE:
+            return True
+        return parser.body_kind is BodyKind.LENGTH and remaining is not None and remaining >= SPLICE_MIN
+
+    # -- an exchange ------------------------------------------------------------------
+    def _begin(self, request: Request) -> None:
+        ctx = self.ctx
+        ctx.c[C.requests] += 1
+        self.exchange_started = ctx.reactor.now
+        self.request = request
+        if request.method == b"CONNECT":
+            raise ProtocolError("CONNECT is not served by a reverse proxy", status=501)
+        headers, answer_here = decrement_max_forwards(request.method, request.headers)
+        if answer_here:
+            self._answer_locally(request)
+            return
+        self.upgrade = bool(upgrade_protocols(request.headers))
+        headers = remove_hop_by_hop(headers, keep_upgrade=self.upgrade)
+        if request.form == "absolute":  # the target wins over Host (SPEC)
+            headers = remove_fields(headers, (b"host",))
+            headers.insert(0, (b"Host", request.authority))
+        headers = add_forwarded_for(headers, self.addr[0].encode(), proto=b"http",
+                                    host=request.authority or None)
+        headers = add_via(headers, request.version)
+        kind = self.parser.body_kind
+        self.req_chunked = kind is BodyKind.CHUNKED
+        headers = frame_headers(headers, kind, self.parser.content_length)
+        self.head = serialize_request(request, headers, target=request.path)
+        self.uout = bytearray(self.head)
+        self.req_done = kind is BodyKind.NONE or (kind is BodyKind.LENGTH
+                                                   and not self.parser.content_length)
+        if self.req_done:
+            self.parser.next_event()  # EndOfMessage of a body-less request
+        self.upstream = self.mode.route(request)
+        self.candidates = self.upstream.candidates(self.addr[0])
+        if not self.candidates:
+            ctx.c[C.upstream_no_server] += 1
+            self._fail(503, "no healthy server")
+            return
+        self._next_server()
+
+    def _answer_locally(self, request: Request) -> None:
+        """OPTIONS/TRACE with Max-Forwards: 0 (RFC 9110 §7.6.2)."""
+        if request.method == b"TRACE":
+            body = serialize_request(request)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d\r\n\r\n" % len(body)
+            self.cout += head + body
+        else:
+            self.cout += b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        self.ctx.c[C.responses_2xx] += 1
+        self._log(200, 0)
+        self.parser.next_event()
+        self._next_request(request.keep_alive)
+
+    def _next_server(self) -> None:
+        assert self.upstream is not None
+        limit = 1 + self.upstream.config.retries
+        if self.attempts >= limit or self.attempts >= len(self.candidates):
+            self._fail(502, "no upstream server could be reached")
+            return
+        if self.attempts:
+            self.ctx.c[C.upstream_retries] += 1
+        self.server = self.candidates[self.attempts]
+        self.attempts += 1
+        self.resp = ResponseParser()
+        assert self.request is not None
+        self.resp.expect(self.request.method, upgrade=self.upgrade)
+        self.upstream_started = self.last_upstream = self.ctx.reactor.now
+        pooled = self.ctx.idle.take((self.upstream.config.name, self.server))
+        if pooled is not None:
+            self.reused = True
+            self._adopt(pooled, EVENT_READ)
+            self.phase = Phase.FORWARD
+            self.upstream.record_success(self.server)
+            self.active_counted = True
+            return
+        self.reused = False
+        sockaddr, family = self.upstream.sockaddrs[self.server]
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(sockaddr)
+        self._adopt(sock, 0)
+        if err in (0, errno.EINPROGRESS):
+            self.phase = Phase.CONNECT
+        else:
+            self.ctx.c[C.upstream_connect_errors] += 1
+            self._connect_failed()
+
+    def _adopt(self, sock: socket.socket, registered_mask: int) -> None:
+        self.up = sock
+        self.ufd = sock.fileno()
+        self.masks[self.ufd] = registered_mask
+        if registered_mask:  # from the idle pool: take the callback over
+            self.ctx.reactor.modify(self.ufd, registered_mask, self._on_upstream)
+
+    def _on_connect_event(self) -> None:
+        assert self.up is not None
+        err = self.up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.ctx.c[C.upstream_connect_errors] += 1
+            self._connect_failed()
+            return
+        self.ctx.slot.observe(H.upstream_connect_seconds, self.ctx.reactor.now - self.upstream_started)
+        assert self.upstream is not None
+        self.upstream.record_success(self.server)
+        self.active_counted = True
+        self.phase = Phase.FORWARD
+        self.last_upstream = self.ctx.reactor.now
+
+    def _connect_failed(self) -> None:
+        assert self.upstream is not None
+        self.upstream.record_failure(self.server)
+        self._close_upstream_socket()
+        self._next_server()
+
+    def _upstream_io_error(self, exc: OSError) -> None:
+        """The upstream connection failed while forwarding."""
+        no_body = self.parser.body_kind is BodyKind.NONE or not self.parser.content_length
+        retry = (self.reused and self.resp_bytes == 0 and no_body and self.req_done
+                 and self.request is not None and self.request.method in _IDEMPOTENT)
+        if retry:  # a pooled connection the server had closed: the same server, fresh
+            self._close_upstream_socket()
+            self.uout = bytearray(self.head)
+            self.attempts -= 1
+            self._next_server()
+            return
+        self._upstream_failed(502, f"upstream connection failed: {exc.strerror or exc}")
+
+    def _upstream_failed(self, status: int, detail: str) -> None:
+        if self.upstream is not None and self.server >= 0:
+            self.upstream.record_failure(self.server)
+        if self.resp_head_sent:
+            self.close(reset=True)
+        else:
+            self._fail(status, detail)
+
+    # -- responses ------------------------------------------------------------------
+    def _on_response(self, response: Response) -> None:
+        assert self.resp is not None and self.request is not None
+        self.response = response
+        self.upstream_time = self.ctx.reactor.now - self.upstream_started
+        status_class = _RESPONSE_CLASS.get(response.status // 100)
+        if status_class is not None:
+            self.ctx.c[status_class] += 1
+        if response.status == 101 and self.upgrade:
+            self._start_tunnel(response)
+            return
+        kind = self.resp.body_kind
+        headers = remove_hop_by_hop(response.headers)
+        keep = self.request.keep_alive and kind is not BodyKind.CLOSE
+        if kind is BodyKind.CLOSE:
+            headers = frame_headers(headers, kind)
+        else:
+            headers = frame_headers(headers, kind, self.resp.content_length)
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        elif self.request.version == b"1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        self.resp_chunked = kind is BodyKind.CHUNKED
+        self.client_keepalive = keep
+        self.cout += serialize_response(response, headers)
+        self.resp_head_sent = True
+
+    def _response_complete(self) -> None:
+        assert self.response is not None and self.request is not None
+        self.resp_done = True
+        ctx = self.ctx
+        ctx.slot.observe(H.request_seconds, ctx.reactor.now - self.exchange_started)
+        reusable = (self.response.keep_alive and self.req_done
+                    and self.resp is not None and not self.resp.buffered)
+        self._log(self.response.status, self.resp_bytes)
+        self._drop_upstream(reusable)
+        self.served += 1
+        if not self.req_done:
+            self._close_after_flush()
+            return
+        self._next_request(self.client_keepalive)
+
+    def _next_request(self, keep_alive: bool) -> None:
+        if not keep_alive or self.client_eof:
+            self._close_after_flush()
+            return
+        self.parser.start_next()
+        self._reset_exchange()
+        self.phase = Phase.HEAD
+        self.head_started = self.last_client = self.ctx.reactor.now
+
+    def _start_tunnel(self, response: Response) -> None:
+        assert self.resp is not None and self.up is not None
+        head = serialize_response(response, remove_hop_by_hop(response.headers, keep_upgrade=True))
+        self.resp.next_event()  # EndOfMessage; the parser is now in TUNNEL
+        to_client = bytes(self.cout) + head + self.resp.trailing_data[0]
+        to_upstream = bytes(self.uout) + self.parser.trailing_data[0]
+        self.ctx.c[C.tunnels] += 1
+        self._log(101, 0)
+        masks = dict(self.masks)
+        self.phase = Phase.TUNNEL
+        relay = Relay(self.ctx.reactor, self.ctx.pool, self.ctx.c, self.client, self.up,
+                      self._on_tunnel_closed, self.mode.listener.timeouts.idle)
+        self._relay = relay
+        relay.start(masks.get(self.ufd, 0), client_registered_mask=masks.get(self.cfd, 0),
+                    to_upstream=to_upstream, to_client=to_client)
+
+    def _on_tunnel_closed(self, relay: Relay, reason: str) -> None:
+        self._relay = None
+        if self.upstream is not None and self.server >= 0:
+            self.upstream.session_closed(self.server, relay.up.moved, relay.down.moved)
+        self.phase = Phase.CLOSED
+        self.ctx.session_closed(self)
+
+    # -- errors ------------------------------------------------------------------------
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        if exc.side.value == "upstream":
+            self._upstream_failed(502, str(exc))
+            return
+        self.ctx.c[C.client_errors] += 1
+        self._fail(exc.status, str(exc))
+
+    def _fail(self, status: int, detail: str) -> None:
+        """Answer ``status`` (unless a response already began), then close."""
+        self._drop_upstream(reusable=False)
+        self._release_movers()
+        self.resp = None
+        if self.resp_head_sent:
+            self.close(reset=True)
+            return
+        self.cout += error_response(status, detail if status < 500 else "")
+        status_class = _RESPONSE_CLASS.get(status // 100)
+        if status_class is not None:
+            self.ctx.c[status_class] += 1
+        self._log(status, 0)
+        self._close_after_flush()
+
+    def _close_after_flush(self) -> None:
+        self.phase = Phase.CLOSING
+        if not self.cout:
+            self.close()
+
+    # -- upstream connection ------------------------------------------------------------
+    def _drop_upstream(self, reusable: bool) -> None:
+        if self.up is None:
+            return
+        assert self.upstream is not None
+        if reusable and not self.uout and self.resp_mover is None and self.req_mover is None:
+            self._uncount_active()
+            registered = bool(self.masks.get(self.ufd))
+            self.ctx.idle.put((self.upstream.config.name, self.server), self.up,
+                              self.upstream.config.keepalive, registered)
+            del self.masks[self.ufd]
+            self.up = None
+            self.ufd = -1
+        else:
+            self._close_upstream_socket()
+
+    def _uncount_active(self) -> None:
+        if self.active_counted and self.upstream is not None:
+            self.active_counted = False
+            self.upstream.session_closed(self.server, self.up_sent, self.resp_bytes)
+
+    def _close_upstream_socket(self) -> None:
+        if self.up is None:
+            return
+        self._uncount_active()
+        if self.masks.pop(self.ufd, 0):
+            self.ctx.reactor.forget(self.ufd)
+        self.up.close()
+        self.up = None
+        self.ufd = -1
+
+    def _release_movers(self) -> None:
+        for mover in (self.req_mover, self.resp_mover):
+            if mover is not None:
+                mover.release()
+        self.req_mover = self.resp_mover = None
+
+    # -- body movers --------------------------------------------------------------------
+    def _req_read(self, n: int) -> None:
+        self.ctx.c[C.bytes_in] += n
+        self.parser.body_consumed(n)
+
+    def _resp_read(self, n: int) -> None:
+        assert self.resp is not None
+        self.ctx.c[C.upstream_bytes_in] += n
+        self.resp_bytes += n
+        self.resp.body_consumed(n)
+
+    def _step_req_mover(self) -> None:
+        assert self.req_mover is not None
+        if self.req_mover.step() == DONE:
+            self.req_mover = None
+            event = self.parser.next_event()
+            assert isinstance(event, EndOfMessage)
+            self.req_done = True
+
+    def _step_resp_mover(self) -> None:
+        assert self.resp_mover is not None and self.resp is not None
+        if self.resp_mover.step() == DONE:
+            if self.resp_mover.eof:
+                self.resp.receive_data(b"")
+            self.resp_mover = None
+            event = self.resp.next_event()
+            assert isinstance(event, EndOfMessage)
+            self._response_complete()
+
+    # -- output and interest ------------------------------------------------------------
+    def _flush_client(self) -> None:
+        if self.resp_mover is not None and not self.cout:
+            self._step_resp_mover()
+            return
+        if not self.cout:
+            return
+        try:
+            n = self.client.send(self.cout)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close(reset=True)
+            return
+        del self.cout[:n]
+        self.ctx.c[C.bytes_out] += n
+        if not self.cout and self.phase is Phase.CLOSING:
+            self.close()
+
+    def _flush_upstream(self) -> None:
+        if self.up is None or self.phase is not Phase.FORWARD:
+            return
+        if self.req_mover is not None and not self.uout:
+            self._step_req_mover()
+            return
+        if not self.uout:
+            return
+        try:
+            n = self.up.send(self.uout)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._upstream_io_error(exc)
+            return
+        del self.uout[:n]
+        self.up_sent += n
+        self.ctx.c[C.upstream_bytes_out] += n
+        self.last_upstream = self.ctx.reactor.now
+
+    def _update_interest(self) -> None:
+        if self.phase in (Phase.CLOSED, Phase.TUNNEL):
+            return
+        self._set_mask(self.cfd, self._client_mask(), self._on_client)
+        if self.up is not None:
+            self._set_mask(self.ufd, self._upstream_mask(), self._on_upstream)
+
+    def _client_mask(self) -> int:
+        mask = 0
+        if self.cout or (self.resp_mover is not None and self.resp_mover.pending):
+            mask |= EVENT_WRITE
+        if self.client_eof or self.phase is Phase.CLOSING:
+            return mask
+        if self.phase is Phase.HEAD or self.req_mover is not None and not self.req_mover.pending:
+            mask |= EVENT_READ
+        elif self.phase in (Phase.FORWARD, Phase.CONNECT) and len(self.uout) < MAX_BUFFER \
+                and self.parser.buffered < MAX_BUFFER and self.req_mover is None:
+            mask |= EVENT_READ   # body bytes, or watching for the client leaving
+        return mask
+
+    def _upstream_mask(self) -> int:
+        if self.phase is Phase.CONNECT:
+            return EVENT_WRITE
+        mask = 0
+        if self.uout or (self.req_mover is not None and self.req_mover.pending):
+            mask |= EVENT_WRITE
+        if not self.resp_done and len(self.cout) < MAX_BUFFER and (
+                self.resp_mover is None or not self.resp_mover.pending):
+            mask |= EVENT_READ
+        return mask
+
+    def _set_mask(self, fd: int, mask: int, callback: object) -> None:
+        old = self.masks.get(fd, 0)
+        if mask == old and old:
+            return
+        reactor = self.ctx.reactor
+        if not mask:
+            if old:
+                reactor.unregister(fd)
+        elif not old:
+            reactor.register(fd, mask, callback)  # type: ignore[arg-type]
+        else:
+            reactor.modify(fd, mask, callback)  # type: ignore[arg-type]
+        self.masks[fd] = mask
+
+    # -- log ------------------------------------------------------------------------------
+    def _log(self, status: int, sent: int) -> None:
+        access = self.ctx.access
+        if not access.enabled:
+            return
+        request = self.request
+        upstream = ""
+        if self.upstream is not None and self.server >= 0:
+            upstream = self.upstream.names[self.server]
+        record, line = access_line(
+            access.format, client=self.addr[0],
+            method=request.method if request else b"-",
+            target=request.target if request else b"-",
+            version=request.version if request else b"1.1", status=status, sent=sent,
+            referer=request.get(b"referer") if request else None,
+            agent=request.get(b"user-agent") if request else None, upstream=upstream,
+            request_time=self.ctx.reactor.now - self.exchange_started,
+            upstream_time=self.upstream_time)
+        access.line(record, line)
