@@ -31,6 +31,7 @@ from typing import Protocol
 
 from fastproxy.config import Config, Listener, Upstream
 from fastproxy.log import AccessLog, setup_error_log
+from fastproxy.modes.preamble import Preamble
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
 from fastproxy.relay import PipePool
 from fastproxy.stats.shm import C, N_SERVER_COUNTERS, S, Segment, SlotState, SlotView
@@ -75,7 +76,8 @@ class Session(Protocol):
 
 
 class ModeHandler(Protocol):
-    def accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None: ...
+    def accepted(self, sock: socket.socket, addr: tuple[str, int],
+                 initial: bytes = b"") -> None: ...
 
 
 class UpstreamRuntime:
@@ -170,8 +172,10 @@ class WorkerContext:
 class Acceptor:
     """Accepts on one listening socket and hands connections to a mode."""
 
-    def __init__(self, worker: Worker, sock: socket.socket, handler: ModeHandler) -> None:
+    def __init__(self, worker: Worker, sock: socket.socket, handler: ModeHandler,
+                 listener: Listener) -> None:
         self.worker = worker
+        self.listener = listener
         self.sock = sock
         self.fd = sock.fileno()
         self.handler = handler
@@ -215,7 +219,11 @@ class Acceptor:
             c[C.conn_accepted] += 1
             try:
                 conn.setblocking(False)  # TCP_NODELAY is inherited from the listener
-                self.handler.accepted(conn, addr)
+                if self.listener.proxy_protocol:
+                    Preamble(worker.ctx, self.handler, conn, addr,
+                             self.listener.timeouts.client_header).start()
+                else:
+                    self.handler.accepted(conn, addr)
             except Exception:
                 log.exception("error starting a session")
                 c[C.internal_errors] += 1
@@ -296,7 +304,7 @@ class Worker:
                 handler = HttpMode(self.ctx, listener)
             else:
                 raise NotImplementedError(f"mode {listener.mode!r} is not available yet")
-            acceptor = Acceptor(self, sock, handler)
+            acceptor = Acceptor(self, sock, handler, listener)
             self.acceptors.append(acceptor)
             acceptor.resume()
 

@@ -84,8 +84,11 @@ class HttpMode:
         assert listener.upstream is not None
         self.default = ctx.upstreams[listener.upstream]
 
-    def accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        HttpSession(self, sock, addr).start()
+    def accepted(self, sock: socket.socket, addr: tuple[str, int], initial: bytes = b"") -> None:
+        session = HttpSession(self, sock, addr)
+        if initial:
+            session.parser.receive_data(initial)
+        session.start()
 
     def route(self, request: Request) -> UpstreamRuntime:
         host = host_of(request.authority)
@@ -148,6 +151,8 @@ class HttpSession:
     def start(self) -> None:
         self.ctx.session_opened(self)
         self._set_mask(self.cfd, EVENT_READ, self._on_client)
+        if self.parser.buffered:  # bytes that came with a PROXY header
+            self._on_client(0)
 
     def close(self, reset: bool = False) -> None:
         if self.phase is Phase.CLOSED:

@@ -37,18 +37,20 @@ class TcpMode:
         assert listener.upstream is not None
         self.upstream = ctx.upstreams[listener.upstream]
 
-    def accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        TcpSession(self, sock, addr).start()
+    def accepted(self, sock: socket.socket, addr: tuple[str, int], initial: bytes = b"") -> None:
+        TcpSession(self, sock, addr, initial).start()
 
 
 class TcpSession:
     """One client connection: connecting, then relaying, then closed."""
 
     __slots__ = ("mode", "ctx", "client", "addr", "upstream", "candidates", "attempts",
-                 "server", "conn", "relay", "started", "connect_started", "closed")
+                 "server", "conn", "relay", "started", "connect_started", "closed", "initial")
 
-    def __init__(self, mode: TcpMode, client: socket.socket, addr: tuple[str, int]) -> None:
+    def __init__(self, mode: TcpMode, client: socket.socket, addr: tuple[str, int],
+                 initial: bytes = b"") -> None:
         self.mode = mode
+        self.initial = initial  # bytes read before the session (after a PROXY header)
         self.ctx = mode.ctx
         self.client = client
         self.addr = addr
@@ -134,7 +136,7 @@ class TcpSession:
         self.relay = Relay(ctx.reactor, ctx.pool, ctx.c, self.client, self.conn,
                            self._on_relay_closed, self.mode.listener.timeouts.idle)
         self.conn = None  # owned by the relay now
-        self.relay.start(registered_mask)
+        self.relay.start(registered_mask, to_upstream=self.initial)
 
     # -- ending ------------------------------------------------------------------
     def _fail(self, status: int) -> None:
