@@ -117,6 +117,10 @@ class HttpSession:
         self.client_eof = False
         self.served = 0
         self._relay: Relay | None = None
+        # The upstream connection of the last exchange, kept attached while
+        # the client is between requests: the next request to the same
+        # server reuses it without a trip through the idle pool.
+        self.parked: tuple[UpstreamRuntime, int, socket.socket] | None = None
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -159,6 +163,7 @@ class HttpSession:
             return
         if self.phase is not Phase.TUNNEL:
             self._drop_upstream(reusable=False)
+            self._unpark_to_pool()
             self._release_movers()
             if self.masks.get(self.cfd):
                 self.ctx.reactor.forget(self.cfd)
@@ -216,6 +221,9 @@ class HttpSession:
 
     def _on_upstream(self, mask: int) -> None:
         if self.phase in (Phase.CLOSED, Phase.TUNNEL):
+            return
+        if self.phase is Phase.HEAD:  # the parked connection closed or spoke: drop it
+            self._drop_parked()
             return
         try:
             if self.phase is Phase.CONNECT:
@@ -419,6 +427,18 @@ class HttpSession:
         assert self.request is not None
         self.resp.expect(self.request.method, upgrade=self.upgrade)
         self.upstream_started = self.last_upstream = self.ctx.reactor.now
+        if self.parked is not None:
+            p_upstream, p_server, p_sock = self.parked
+            if p_upstream is self.upstream and p_server == self.server:
+                self.parked = None
+                self.reused = True
+                self.up = p_sock
+                self.ufd = p_sock.fileno()
+                self.phase = Phase.FORWARD
+                self.upstream.record_success(self.server)
+                self.active_counted = True
+                return
+            self._unpark_to_pool()
         pooled = self.ctx.idle.take((self.upstream.config.name, self.server))
         if pooled is not None:
             self.reused = True
@@ -522,7 +542,10 @@ class HttpSession:
         reusable = (self.response.keep_alive and self.req_done
                     and self.resp is not None and not self.resp.buffered)
         self._log(self.response.status, self.resp_bytes)
-        self._drop_upstream(reusable)
+        if reusable and self.client_keepalive and not self.client_eof:
+            self._park()
+        else:
+            self._drop_upstream(reusable)
         self.served += 1
         if not self.req_done:
             self._close_after_flush()
@@ -604,6 +627,32 @@ class HttpSession:
             self.ufd = -1
         else:
             self._close_upstream_socket()
+
+    def _park(self) -> None:
+        assert self.up is not None and self.upstream is not None
+        self._uncount_active()
+        self.parked = (self.upstream, self.server, self.up)
+        self.up = None
+        self.ufd = -1
+
+    def _unpark_to_pool(self) -> None:
+        if self.parked is None:
+            return
+        upstream, server, sock = self.parked
+        self.parked = None
+        fd = sock.fileno()
+        registered = bool(self.masks.pop(fd, 0))
+        self.ctx.idle.put((upstream.config.name, server), sock, upstream.config.keepalive,
+                          registered)
+
+    def _drop_parked(self) -> None:
+        if self.parked is None:
+            return
+        sock = self.parked[2]
+        self.parked = None
+        if self.masks.pop(sock.fileno(), 0):
+            self.ctx.reactor.forget(sock.fileno())
+        sock.close()
 
     def _uncount_active(self) -> None:
         if self.active_counted and self.upstream is not None:
