@@ -36,6 +36,7 @@ from fastproxy.reactor import EVENT_READ, Reactor, Timer
 from fastproxy.relay import PipePool
 from fastproxy.stats.shm import C, N_SERVER_COUNTERS, S, Segment, SlotState, SlotView
 from fastproxy.upstream.balance import make_balancer
+from fastproxy.resolver import Resolver
 from fastproxy.upstream.pool import IdlePool
 
 log = logging.getLogger("fastproxy")
@@ -150,6 +151,7 @@ class WorkerContext:
         self.c = self.slot.c
         self.pool = PipePool(spec.pipe_cap, spec.pipe_size, self.c)
         self.idle = IdlePool(self.reactor)
+        self.resolver: Resolver | None = None  # made by the first forward listener
         self.access = AccessLog(spec.config.log)
         self.sessions: set[Session] = set()
         self.upstreams = {
@@ -289,11 +291,14 @@ class Worker:
         os.write(spec.status_fd, b"R")
         self.reactor.run()
         self.ctx.idle.close()
+        if self.ctx.resolver is not None:
+            self.ctx.resolver.close()
         self.ctx.pool.close()
         self.ctx.access.close()
         return 0
 
     def _build_acceptors(self) -> None:
+        from fastproxy.modes.forward import ForwardMode
         from fastproxy.modes.reverse import HttpMode
         from fastproxy.modes.tcp import TcpMode
 
@@ -302,6 +307,8 @@ class Worker:
                 handler: ModeHandler = TcpMode(self.ctx, listener)
             elif listener.mode == "http":
                 handler = HttpMode(self.ctx, listener)
+            elif listener.mode == "forward":
+                handler = ForwardMode(self.ctx, listener)
             else:
                 raise NotImplementedError(f"mode {listener.mode!r} is not available yet")
             acceptor = Acceptor(self, sock, handler, listener)

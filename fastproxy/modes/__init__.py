@@ -7,7 +7,7 @@ from fastproxy.errors import ConfigError, format_problem
 
 # Modes this build can serve; the others are accepted by the config schema
 # (they are part of the contract) but refused at run/reload time.
-AVAILABLE = frozenset({"tcp", "http"})
+AVAILABLE = frozenset({"tcp", "http", "forward"})
 
 
 def require_available(cfg: Config) -> None:

@@ -149,6 +149,7 @@ class HttpSession:
         self.client_keepalive = False
         self.active_counted = False   # this exchange holds one of the server's "active"
         self.head = b""               # the forwarded request head (for a retry)
+        self.reuse_ok = True          # may take a pooled/parked upstream connection
         self.up_sent = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -369,33 +370,57 @@ class HttpSession:
         ctx.c[C.requests] += 1
         self.exchange_started = ctx.reactor.now
         self.request = request
-        if request.method == b"CONNECT":
-            raise ProtocolError("CONNECT is not served by a reverse proxy", status=501)
+        self.phase = Phase.CONNECT  # until a server is connected (or an answer is queued)
+        self.last_upstream = ctx.reactor.now
+        if not self._admit(request):
+            return
         headers, answer_here = decrement_max_forwards(request.method, request.headers)
         if answer_here:
             self._answer_locally(request)
             return
         self.upgrade = bool(upgrade_protocols(request.headers))
+        kind = self.parser.body_kind
+        self.req_chunked = kind is BodyKind.CHUNKED
+        headers = frame_headers(self._rewrite_headers(request, headers), kind,
+                                self.parser.content_length)
+        self.head = serialize_request(request, headers, target=self._forward_target(request))
+        self.uout = bytearray(self.head)
+        self.req_done = kind is BodyKind.NONE or (kind is BodyKind.LENGTH
+                                                   and not self.parser.content_length)
+        if self.req_done:
+            self.parser.next_event()  # EndOfMessage of a body-less request
+        self._choose_upstream(request)
+
+    # -- hooks a subclass (the forward mode) overrides ----------------------------------
+    def _admit(self, request: Request) -> bool:
+        """Refuse what this mode does not serve; False when already answered."""
+        if request.method == b"CONNECT":
+            raise ProtocolError("CONNECT is not served by a reverse proxy", status=501)
+        return True
+
+    def _rewrite_headers(self, request: Request, headers: list) -> list:  # type: ignore[type-arg]
         headers = remove_hop_by_hop(headers, keep_upgrade=self.upgrade)
         if request.form == "absolute":  # the target wins over Host (SPEC)
             headers = remove_fields(headers, (b"host",))
             headers.insert(0, (b"Host", request.authority))
         headers = add_forwarded_for(headers, self.addr[0].encode(), proto=b"http",
                                     host=request.authority or None)
-        headers = add_via(headers, request.version)
-        kind = self.parser.body_kind
-        self.req_chunked = kind is BodyKind.CHUNKED
-        headers = frame_headers(headers, kind, self.parser.content_length)
-        self.head = serialize_request(request, headers, target=request.path)
-        self.uout = bytearray(self.head)
-        self.req_done = kind is BodyKind.NONE or (kind is BodyKind.LENGTH
-                                                   and not self.parser.content_length)
-        if self.req_done:
-            self.parser.next_event()  # EndOfMessage of a body-less request
+        return add_via(headers, request.version)
+
+    def _forward_target(self, request: Request) -> bytes:
+        return request.path
+
+    def _prepare_socket(self, sock: socket.socket) -> None:
+        """Called on each new upstream socket before connect (e.g. bind)."""
+
+    def _connected(self) -> None:
+        """Called once the upstream connection is usable for this exchange."""
+
+    def _choose_upstream(self, request: Request) -> None:
         self.upstream = self.mode.route(request)
         self.candidates = self.upstream.candidates(self.addr[0])
         if not self.candidates:
-            ctx.c[C.upstream_no_server] += 1
+            self.ctx.c[C.upstream_no_server] += 1
             self._fail(503, "no healthy server")
             return
         self._next_server()
@@ -429,7 +454,7 @@ class HttpSession:
         self.upstream_started = self.last_upstream = self.ctx.reactor.now
         if self.parked is not None:
             p_upstream, p_server, p_sock = self.parked
-            if p_upstream is self.upstream and p_server == self.server:
+            if p_upstream is self.upstream and p_server == self.server and self.reuse_ok:
                 self.parked = None
                 self.reused = True
                 self.up = p_sock
@@ -437,20 +462,27 @@ class HttpSession:
                 self.phase = Phase.FORWARD
                 self.upstream.record_success(self.server)
                 self.active_counted = True
+                self._connected()
                 return
             self._unpark_to_pool()
-        pooled = self.ctx.idle.take((self.upstream.config.name, self.server))
+        pooled = self.ctx.idle.take((self.upstream.config.name, self.server)) if self.reuse_ok else None
         if pooled is not None:
             self.reused = True
             self._adopt(pooled, EVENT_READ)
             self.phase = Phase.FORWARD
             self.upstream.record_success(self.server)
             self.active_counted = True
+            self._connected()
             return
         self.reused = False
         sockaddr, family = self.upstream.sockaddrs[self.server]
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self._prepare_socket(sock)
+        except OSError:
+            sock.close()
+            raise
         err = sock.connect_ex(sockaddr)
         self._adopt(sock, 0)
         if err in (0, errno.EINPROGRESS):
@@ -479,6 +511,7 @@ class HttpSession:
         self.active_counted = True
         self.phase = Phase.FORWARD
         self.last_upstream = self.ctx.reactor.now
+        self._connected()
 
     def _connect_failed(self) -> None:
         assert self.upstream is not None
@@ -565,10 +598,15 @@ class HttpSession:
         assert self.resp is not None and self.up is not None
         head = serialize_response(response, remove_hop_by_hop(response.headers, keep_upgrade=True))
         self.resp.next_event()  # EndOfMessage; the parser is now in TUNNEL
-        to_client = bytes(self.cout) + head + self.resp.trailing_data[0]
-        to_upstream = bytes(self.uout) + self.parser.trailing_data[0]
         self.ctx.c[C.tunnels] += 1
         self._log(101, 0)
+        self._tunnel(head + self.resp.trailing_data[0])
+
+    def _tunnel(self, to_client: bytes) -> None:
+        """Hand both sockets to a Relay, with what each side still has to get."""
+        assert self.up is not None
+        to_client = bytes(self.cout) + to_client
+        to_upstream = bytes(self.uout) + self.parser.trailing_data[0]
         masks = dict(self.masks)
         self.phase = Phase.TUNNEL
         relay = Relay(self.ctx.reactor, self.ctx.pool, self.ctx.c, self.client, self.up,

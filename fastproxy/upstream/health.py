@@ -12,11 +12,12 @@ Workers read it with one memory load per pick and skip DOWN servers.
    starts UNKNOWN, which workers treat as usable. UNKNOWN goes UP on one
    success. UP or UNKNOWN goes DOWN after ``fall`` failures in a row. DOWN
    goes UP after ``rise`` successes in a row.
-2. ``_Probe`` is a non-blocking connect that passes when the socket is
-   writable with SO_ERROR 0 (connect(2), EINPROGRESS). With ``path`` set, it
-   then sends ``GET path`` (Connection: close) and reads up to the status
+2. A probe (``_Server._start``) is a non-blocking connect that passes when the
+   socket is writable with SO_ERROR 0 (connect(2), EINPROGRESS). With ``path``,
+   it then sends ``GET path`` (Connection: close) and reads up to the status
    line, ``MAX_STATUS_READ`` bytes at most; 2xx and 3xx pass. The whole probe
-   must finish within ``timeout``. Its socket is closed on every path.
+   must finish within ``timeout``. Its socket is closed on every path
+   (verdict, timeout, stop, exception: ``_guard``).
 3. The first check of a server comes after a random delay within
    ``interval``, so that servers do not fire together. Then one check is due
    every ``interval``, and a probe still running at that time is not doubled.

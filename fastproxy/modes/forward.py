@@ -1,0 +1,264 @@
+"""Forward proxy mode: absolute-form HTTP requests and CONNECT tunnels.
+
+It is the reverse proxy's session (``reverse.HttpSession``) with a different
+way of choosing where a request goes:
+
+1. *admission*, in this order: the client address (``allow_clients``),
+   credentials (``users``: 407 with a challenge), the request form
+   (absolute-form ``http://`` or CONNECT; anything else is 400), the CONNECT
+   port (``connect_ports``). Every refusal is a 403 with a short reason and
+   is counted (``denied``, ``auth_failures``);
+2. *resolution* without blocking the loop (``resolver.Resolver``: a thread
+   pool and a per-worker cache);
+3. *the SSRF guard on what is connected to*: every resolved address is
+   checked (``acl.Policy.check_address``) and only allowed ones are tried,
+   so a name that resolves to a private or loopback address is refused even
+   when the name itself looked harmless (no DNS-rebinding bypass: the
+   address checked is the address dialled);
+4. *the exit*: the outgoing socket is bound to the next ``source_addresses``
+   entry (``rotation``: round_robin, random, sticky per client IP);
+5. *anonymity*: ``elite`` strips Via, X-Forwarded-For, Forwarded, X-Real-IP
+   and Proxy-* and adds nothing; ``anonymous`` also adds Via; ``transparent``
+   adds Via and X-Forwarded-For. Proxy-Authorization never leaves the proxy.
+
+A CONNECT is answered ``200 Connection Established`` once the destination
+is connected, and both sockets are handed to a ``Relay`` (splice both ways).
+Plain requests keep both connections alive as the reverse mode does, with a
+per-worker idle pool per destination.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastproxy.acl import Authenticator, Denied, Policy
+from fastproxy.errors import ProtocolError
+from fastproxy.http import Request, add_forwarded_for, add_via, anonymize, remove_fields, remove_hop_by_hop
+from fastproxy.modes.httpcommon import REASONS, error_response
+from fastproxy.modes.reverse import HttpMode, HttpSession, Phase
+from fastproxy.resolver import Cancel, Resolver
+from fastproxy.stats.shm import C
+
+if TYPE_CHECKING:
+    from fastproxy.config import Listener
+    from fastproxy.worker import WorkerContext
+
+KEEPALIVE_PER_DESTINATION = 8
+_CONNECTED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _DestinationConfig:
+    name: str
+    retries: int
+    keepalive: int
+
+
+class Destination:
+    """A resolved destination, shaped like ``worker.UpstreamRuntime`` so the
+    session's connect/retry/pool logic serves both modes unchanged."""
+
+    def __init__(self, name: str, addresses: list[tuple[int, Any]]) -> None:
+        self.config = _DestinationConfig(name, len(addresses) - 1, KEEPALIVE_PER_DESTINATION)
+        self.sockaddrs = [(sockaddr, family) for family, sockaddr in addresses]
+        self.names = [f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+                      for a, _ in self.sockaddrs]
+        self.shm: list[int] = []
+
+    def candidates(self, client_ip: str) -> list[int]:
+        return list(range(len(self.sockaddrs)))
+
+    def record_success(self, i: int) -> None:
+        pass
+
+    def record_failure(self, i: int) -> None:
+        pass
+
+    def session_closed(self, i: int, sent: int, received: int) -> None:
+        pass
+
+
+class ForwardMode(HttpMode):
+    """Per-listener handler for ``mode = "forward"``."""
+
+    def __init__(self, ctx: WorkerContext, listener: Listener) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        from fastproxy.modes.httpcommon import parser_limits
+
+        self.limits = parser_limits(listener.limits)
+        forward = ctx.config.forward
+        self.forward = forward
+        self.policy = Policy.from_config(forward)
+        self.auth = Authenticator.from_config(forward)
+        self.sources = list(forward.source_addresses)
+        self._next_source = 0
+        if ctx.resolver is None:
+            ctx.resolver = Resolver(ctx.reactor, forward.dns_cache_ttl, counters=ctx.c)
+        self.resolver: Resolver = ctx.resolver
+
+    def accepted(self, sock: socket.socket, addr: tuple[str, int], initial: bytes = b"") -> None:
+        session = ForwardSession(self, sock, addr)
+        if initial:
+            session.parser.receive_data(initial)
+        session.start()
+
+    def source_for(self, client_ip: str) -> str | None:
+        """The egress address for a new connection, per ``rotation``."""
+        if not self.sources:
+            return None
+        rotation = self.forward.rotation
+        if rotation == "random":
+            return random.choice(self.sources)
+        if rotation == "sticky":
+            return self.sources[zlib.crc32(client_ip.encode()) % len(self.sources)]
+        source = self.sources[self._next_source % len(self.sources)]
+        self._next_source += 1
+        return source
+
+
+class ForwardSession(HttpSession):
+    """A client of the forward proxy; see the module docstring."""
+
+    mode: ForwardMode
+
+    def __init__(self, mode: ForwardMode, client: socket.socket, addr: tuple[str, int]) -> None:
+        super().__init__(mode, client, addr)
+        self.lookup: Cancel | None = None
+        self.dest_host = ""
+        self.dest_port = 0
+        self.tunnel_request = False
+
+    # -- admission ------------------------------------------------------------------------
+    def _admit(self, request: Request) -> bool:
+        mode = self.mode
+        self.tunnel_request = request.method == b"CONNECT"
+        try:
+            if not mode.policy.client_allowed(self.addr[0]):
+                raise Denied("client not allowed")
+            if mode.auth.required and mode.auth.check(request.get(b"proxy-authorization")) is None:
+                self.ctx.c[C.auth_failures] += 1
+                self._refuse(407, "proxy authentication required", mode.auth.challenge())
+                return False
+            host, port = self._destination(request)
+            if self.tunnel_request:
+                mode.policy.check_connect_port(port)
+        except Denied as exc:
+            self.ctx.c[C.denied] += 1
+            self._refuse(403, exc.reason)
+            return False
+        self.dest_host, self.dest_port = host, port
+        if self.tunnel_request:
+            self.reuse_ok = False  # a tunnel gets a connection of its own
+            self.ctx.c[C.tunnels] += 1
+        else:
+            self.ctx.c[C.forward_requests] += 1
+        return True
+
+    def _destination(self, request: Request) -> tuple[str, int]:
+        if self.tunnel_request:
+            authority = request.authority
+            default = 443
+        elif request.form == "absolute" and request.scheme == b"http":
+            authority = request.authority
+            default = 80
+        elif request.form == "absolute":
+            raise ProtocolError("only http:// targets are forwarded; use CONNECT", status=400)
+        else:
+            raise ProtocolError("not a proxy request (absolute-form or CONNECT expected)")
+        text = authority.decode("ascii", "replace")
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+        port = int(port_text) if port_text.isdigit() else default
+        if not host or not 0 < port < 65536:
+            raise ProtocolError("bad destination")
+        return host.lower(), port
+
+    def _refuse(self, status: int, reason: str, extra: bytes = b"") -> None:
+        """Answer a refusal; the connection closes after it."""
+        self.cout += error_response(status, reason, extra=extra)
+        self.ctx.c[C.responses_4xx] += 1
+        self._log(status, 0)
+        self._close_after_flush()
+
+    # -- the request as forwarded -----------------------------------------------------------
+    def _rewrite_headers(self, request: Request, headers: list) -> list:  # type: ignore[type-arg]
+        headers = remove_hop_by_hop(headers, keep_upgrade=self.upgrade)
+        headers = remove_fields(headers, (b"proxy-authorization", b"host"))
+        headers.insert(0, (b"Host", request.authority))
+        level = self.mode.forward.anonymity
+        if level == "elite":
+            return anonymize(headers)
+        if level == "anonymous":
+            return add_via(anonymize(headers), request.version)
+        headers = add_via(headers, request.version)
+        return add_forwarded_for(headers, self.addr[0].encode())
+
+    # -- where it goes ----------------------------------------------------------------------
+    def _choose_upstream(self, request: Request) -> None:
+        self.last_upstream = self.ctx.reactor.now
+        self.lookup = self.mode.resolver.resolve(self.dest_host, self.dest_port, self._resolved)
+
+    def _resolved(self, addresses: list[tuple[int, Any]] | None, error: str | None) -> None:
+        self.lookup = None
+        if self.phase is not Phase.CONNECT:
+            return
+        try:
+            if addresses is None:
+                self._fail(502, f"cannot resolve {self.dest_host}: {error}")
+            else:
+                self._connect_allowed(addresses)
+            self._drive()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+        except OSError:
+            self.close(reset=True)
+        self._update_interest()
+
+    def _connect_allowed(self, addresses: list[tuple[int, Any]]) -> None:
+        allowed: list[tuple[int, Any]] = []
+        refusal = "destination not allowed"
+        for family, sockaddr in addresses:
+            try:
+                self.mode.policy.check_address(sockaddr[0], self.dest_host)
+            except Denied as exc:
+                refusal = exc.reason
+                continue
+            allowed.append((family, sockaddr))
+        if not allowed:
+            self.ctx.c[C.denied] += 1
+            self._refuse(403, refusal)
+            return
+        self.upstream = Destination(f"{self.dest_host}:{self.dest_port}", allowed)  # type: ignore[assignment]
+        self.candidates = self.upstream.candidates(self.addr[0])
+        self._next_server()
+
+    def _prepare_socket(self, sock: socket.socket) -> None:
+        source = self.mode.source_for(self.addr[0])
+        if source is not None:
+            sock.bind((source, 0))
+
+    def _connected(self) -> None:
+        """A CONNECT tunnel starts as soon as the destination answers."""
+        if self.tunnel_request:
+            assert self.request is not None
+            self.uout.clear()
+            self._log(200, 0)
+            self.ctx.c[C.responses_2xx] += 1
+            self._tunnel(_CONNECTED)
+
+    def close(self, reset: bool = False) -> None:
+        if self.lookup is not None:
+            self.lookup.cancel()
+            self.lookup = None
+        super().close(reset)
+
+
+__all__ = ["ForwardMode", "ForwardSession", "REASONS"]
