@@ -42,7 +42,8 @@ from fastproxy.config import Config, ConfigError
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
-from fastproxy.stats.shm import Segment, SlotState, segment_path
+from fastproxy.stats.shm import Segment, segment_path
+from fastproxy.upstream.health import HealthChecker
 from fastproxy.worker import Worker, WorkerSpec
 
 log = logging.getLogger("fastproxy")
@@ -83,6 +84,7 @@ class Master:
         self._pending_close: list[tuple[int, list[ListenerGroup]]] = []
         self._reload_pending: tuple[int, float] | None = None
         self._server_indexes: dict[str, int] = {}
+        self.health: HealthChecker | None = None
         self.admin = None
 
     # -- startup and shutdown ------------------------------------------------------
@@ -190,6 +192,8 @@ class Master:
                 os.unlink(self._segment_path)
             except OSError:
                 pass
+        if self.health is not None:
+            self.health.close()
         self.reactor.close()
 
     # -- generations --------------------------------------------------------------------
@@ -205,6 +209,9 @@ class Master:
                 in_use.add(index)
         for name, index in self._server_indexes.items():
             self.segment.set_server_in_use(index, index in in_use)
+        if self.health is None:
+            self.health = HealthChecker(self.reactor, self.segment)
+        self.health.configure(config.upstreams, self._server_indexes)
 
     def _new_generation(self) -> None:
         assert self.segment is not None
@@ -250,6 +257,8 @@ class Master:
         EPOLL_CTL_DEL in the child would remove the master's registration.
         """
         self.reactor.close()
+        if self.health is not None:
+            self.health.detach()
         for sock in self.listeners.all_sockets():
             if sock.fileno() not in keep:
                 sock.close()
