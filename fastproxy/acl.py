@@ -202,6 +202,11 @@ class Policy:
             return False
         return addr in self._clients or _ipv4_meaning(addr) in self._clients
 
+    @property
+    def has_allow_list(self) -> bool:
+        """True when ``allow_destinations`` is set (everything else is denied)."""
+        return self._allow_any
+
     def check_connect_port(self, port: int) -> None:
         """Rule 2. Raises Denied("port not allowed")."""
         if port not in self._ports:

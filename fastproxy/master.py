@@ -38,7 +38,7 @@ import time
 
 from fastproxy import arbiter
 from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
-from fastproxy.config import Config, ConfigError
+from fastproxy.config import Config, ConfigError, all_upstreams
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
@@ -201,7 +201,8 @@ class Master:
         """Give every server of ``config`` its stable shm index."""
         assert self.segment is not None
         in_use = set()
-        for up in config.upstreams.values():
+        upstreams = all_upstreams(config)
+        for up in upstreams.values():
             for server in up.servers:
                 name = f"{up.name}/{server.address}"
                 index = self.segment.server_index(name)
@@ -211,7 +212,7 @@ class Master:
             self.segment.set_server_in_use(index, index in in_use)
         if self.health is None:
             self.health = HealthChecker(self.reactor, self.segment)
-        self.health.configure(config.upstreams, self._server_indexes)
+        self.health.configure(upstreams, self._server_indexes)
 
     def _new_generation(self) -> None:
         assert self.segment is not None

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fastproxy.config import Config, Listener, Upstream
+from fastproxy.config import Config, Listener, Upstream, all_upstreams
 from fastproxy.log import AccessLog, setup_error_log
 from fastproxy.modes.preamble import Preamble
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
@@ -157,7 +157,7 @@ class WorkerContext:
         self.upstreams = {
             up.name: UpstreamRuntime(up, self, [spec.server_indexes[f"{up.name}/{s.address}"]
                                                 for s in up.servers])
-            for up in spec.config.upstreams.values()
+            for up in all_upstreams(spec.config).values()
         }
 
     def session_opened(self, session: Session) -> None:

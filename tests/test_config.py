@@ -672,4 +672,5 @@ def test_config_imports_no_io_modules() -> None:
                  if isinstance(node, ast.ImportFrom)}
     assert not imported & {"socket", "selectors", "signal"}
     assert imported <= {"__future__", "dataclasses", "difflib", "ipaddress", "math", "os", "re",
-                        "tomllib", "collections", "types", "typing", "fastproxy"}
+                        "tomllib", "collections", "types", "typing", "fastproxy", "base64",
+                        "urllib"}

@@ -35,9 +35,13 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastproxy.acl import Authenticator, Denied, Policy
+from fastproxy.acl import Authenticator, Denied, Policy, parse_ip
+from fastproxy.config import PARENTS, parent_proxies
 from fastproxy.errors import ProtocolError
-from fastproxy.http import Request, add_forwarded_for, add_via, anonymize, remove_fields, remove_hop_by_hop
+from fastproxy.http import (
+    Request, add_forwarded_for, add_via, anonymize, remove_fields, remove_hop_by_hop,
+    serialize_request,
+)
 from fastproxy.modes.httpcommon import REASONS, error_response
 from fastproxy.modes.reverse import HttpMode, HttpSession, Phase
 from fastproxy.resolver import Cancel, Resolver
@@ -96,6 +100,7 @@ class ForwardMode(HttpMode):
         self.policy = Policy.from_config(forward)
         self.auth = Authenticator.from_config(forward)
         self.sources = list(forward.source_addresses)
+        self.parents = parent_proxies(forward)
         self._next_source = 0
         if ctx.resolver is None:
             ctx.resolver = Resolver(ctx.reactor, forward.dns_cache_ttl, counters=ctx.c)
@@ -132,6 +137,8 @@ class ForwardSession(HttpSession):
         self.dest_host = ""
         self.dest_port = 0
         self.tunnel_request = False
+        self.via_parent = False
+        self.fwd_headers: list = []  # type: ignore[type-arg]
 
     # -- admission ------------------------------------------------------------------------
     def _admit(self, request: Request) -> bool:
@@ -195,16 +202,59 @@ class ForwardSession(HttpSession):
         headers.insert(0, (b"Host", request.authority))
         level = self.mode.forward.anonymity
         if level == "elite":
-            return anonymize(headers)
-        if level == "anonymous":
-            return add_via(anonymize(headers), request.version)
-        headers = add_via(headers, request.version)
-        return add_forwarded_for(headers, self.addr[0].encode())
+            headers = anonymize(headers)
+        elif level == "anonymous":
+            headers = add_via(anonymize(headers), request.version)
+        else:
+            headers = add_forwarded_for(add_via(headers, request.version), self.addr[0].encode())
+        self.fwd_headers = headers
+        return headers
+
+    def _forward_target(self, request: Request) -> bytes:
+        if self.mode.parents:  # a parent proxy gets the absolute form
+            return b"http://" + request.authority + request.path
+        return request.path
 
     # -- where it goes ----------------------------------------------------------------------
     def _choose_upstream(self, request: Request) -> None:
         self.last_upstream = self.ctx.reactor.now
+        if self.mode.parents:
+            self._via_parents()
+            return
         self.lookup = self.mode.resolver.resolve(self.dest_host, self.dest_port, self._resolved)
+
+    def _via_parents(self) -> None:
+        """Chain through a parent proxy. The parent resolves the name, so the
+        guard applies to what is known here: an IP literal is checked as an
+        address, a name against a non-empty allow list."""
+        policy = self.mode.policy
+        try:
+            if parse_ip(self.dest_host) is not None:
+                policy.check_address(self.dest_host, None)
+            elif policy.has_allow_list and not policy.check_name(self.dest_host):
+                raise Denied("destination not allowed")
+        except Denied as exc:
+            self.ctx.c[C.denied] += 1
+            self._refuse(403, exc.reason)
+            return
+        self.via_parent = True
+        self.upstream = self.ctx.upstreams[PARENTS]
+        self.candidates = self.upstream.candidates(self.addr[0])
+        if not self.candidates:
+            self._fail(502, "no parent proxy available")
+            return
+        self._next_server()
+
+    def _parent_head(self) -> bytes:
+        """The request for the chosen parent, with that parent's credentials."""
+        assert self.request is not None
+        auth = self.mode.parents[self.server].authorization
+        extra = [(b"Proxy-Authorization", auth)] if auth else []
+        if self.tunnel_request:
+            target = self.request.authority
+            return serialize_request(self.request, [(b"Host", target), *extra], target=target)
+        return serialize_request(self.request, [*self.fwd_headers, *extra],
+                                 target=self._forward_target(self.request))
 
     def _resolved(self, addresses: list[tuple[int, Any]] | None, error: str | None) -> None:
         self.lookup = None
@@ -246,7 +296,12 @@ class ForwardSession(HttpSession):
             sock.bind((source, 0))
 
     def _connected(self) -> None:
-        """A CONNECT tunnel starts as soon as the destination answers."""
+        """A CONNECT tunnel starts as soon as the destination answers; through
+        a parent, the parent's own answer to our CONNECT decides."""
+        if self.via_parent:
+            self.head = self._parent_head()
+            self.uout = bytearray(self.head)
+            return
         if self.tunnel_request:
             assert self.request is not None
             self.uout.clear()

@@ -548,8 +548,9 @@ class HttpSession:
         status_class = _RESPONSE_CLASS.get(response.status // 100)
         if status_class is not None:
             self.ctx.c[status_class] += 1
-        if response.status == 101 and self.upgrade:
-            self._start_tunnel(response)
+        if (response.status == 101 and self.upgrade) or (
+                self.request.method == b"CONNECT" and 200 <= response.status < 300):
+            self._start_tunnel(response)  # an upgrade, or a parent proxy's tunnel
             return
         kind = self.resp.body_kind
         headers = remove_hop_by_hop(response.headers)
@@ -599,7 +600,7 @@ class HttpSession:
         head = serialize_response(response, remove_hop_by_hop(response.headers, keep_upgrade=True))
         self.resp.next_event()  # EndOfMessage; the parser is now in TUNNEL
         self.ctx.c[C.tunnels] += 1
-        self._log(101, 0)
+        self._log(response.status, 0)
         self._tunnel(head + self.resp.trailing_data[0])
 
     def _tunnel(self, to_client: bytes) -> None:

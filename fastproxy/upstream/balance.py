@@ -109,6 +109,20 @@ class RoundRobin:
         return order
 
 
+class RandomOrder:
+    """Uniformly random order over usable servers (forward ``rotation = "random"``)."""
+
+    def __init__(self, n: int, rng: random.Random) -> None:
+        self._n = n
+        self._rng = rng
+
+    def candidates(self, key: Key, usable: Sequence[bool]) -> list[int]:
+        _check(usable, self._n)
+        order = [i for i, ok in enumerate(usable) if ok]
+        self._rng.shuffle(order)
+        return order
+
+
 class Weighted:
     """nginx's smooth weighted round-robin."""
 
@@ -246,6 +260,8 @@ def make_balancer(
     Raises ValueError for an unknown kind, no servers, a weight < 1, a
     duplicate id, or a missing or wrongly sized ``active``.
     """
+    if kind == "random" and servers:
+        return RandomOrder(len(servers), rng if rng is not None else random.Random())
     if kind not in KINDS:
         raise ValueError(f"unknown balance {kind!r}; expected one of {', '.join(KINDS)}")
     if not servers:
