@@ -137,6 +137,16 @@ class _NotRunning(Exception):
     pass
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited master its parent has not reaped)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def cmd_signal(args: argparse.Namespace) -> int:
     try:
         pid = _master_pid(args)
@@ -149,9 +159,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
     if args.command in ("stop", "quit"):
         deadline = time.monotonic() + (args.timeout if args.timeout is not None else 60.0)
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _running(pid):
                 return EXIT_OK
             time.sleep(0.05)
         print(f"fastproxy: master {pid} still running", file=sys.stderr)

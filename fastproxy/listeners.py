@@ -134,13 +134,17 @@ class ListenerSet:
     def __init__(self) -> None:
         self.groups: dict[str, ListenerGroup] = {}
 
-    def apply(self, listeners: Sequence[Listener], slots: int) -> list[ListenerGroup]:
+    def apply(self, listeners: Sequence[Listener], slots: int,
+              revivable: dict[str, ListenerGroup] | None = None) -> list[ListenerGroup]:
         wanted = {str(lst.listen): lst.listen for lst in listeners}
         created: list[ListenerGroup] = []
         try:
             for key, address in wanted.items():
                 group = self.groups.get(key)
-                if group is None:
+                if group is None and revivable and key in revivable:
+                    group = self.groups[key] = revivable[key]
+                    group.grow(slots)
+                elif group is None:
                     group = ListenerGroup(address)
                     created.append(group)
                     group.grow(slots)

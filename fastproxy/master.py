@@ -348,7 +348,8 @@ class Master:
         try:
             config = self._reload_config()
             old_slots = self.slots
-            removed = self.listeners.apply(config.listeners, max(old_slots, config.server.workers))
+            removed = self.listeners.apply(config.listeners, max(old_slots, config.server.workers),
+                                           self._revivable())
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration:\n%s", exc)
             self.segment.set_reload_result(False, str(exc))
@@ -357,6 +358,7 @@ class Master:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.segment.set_reload_result(False, f"cannot bind: {exc}")
             return
+        self._forget_revived()
         if removed:
             self._pending_close.append((self.generation + 1, removed))
         self.config = config
@@ -366,6 +368,18 @@ class Master:
         self._reload_pending = (self.generation, self.reactor.now)
         self.reactor.call_later(READY_TIMEOUT, self._check_reload_timeout)
         log.info("reloading: generation %d starting", self.generation)
+
+    def _revivable(self) -> dict[str, ListenerGroup]:
+        """Groups of a removed listener whose old workers still drain: if the
+        address comes back, the same sockets serve it (binding new ones would
+        join the same reuseport group behind the draining ones)."""
+        groups = {str(g.address): g for _, gs in self._pending_close for g in gs}
+        return groups
+
+    def _forget_revived(self) -> None:
+        live = set(map(id, self.listeners.groups.values()))
+        self._pending_close = [(gen, [g for g in gs if id(g) not in live])
+                               for gen, gs in self._pending_close]
 
     def _check_reload_done(self) -> None:
         assert self.segment is not None
@@ -399,7 +413,12 @@ class Master:
             return
         self.slots += 1
         self.listeners.resize(self.slots)
-        self._spawn(self.slots - 1)
+        slot = self.slots - 1
+        # A worker of this slot that a TTOU was about to retire keeps serving.
+        if not any(w.slot == slot and w.state is not WorkerState.DRAINING
+                   for w in self.workers.values()):
+            self._spawn(slot)
+        self._steer()
         log.info("TTIN: %d worker(s)", self.slots)
 
     def remove_worker(self) -> None:

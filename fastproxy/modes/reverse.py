@@ -181,6 +181,15 @@ class HttpSession:
             self.close(reset=True)
 
     def check_timeouts(self, now: float) -> None:
+        """Called by the worker's periodic sweep (not from a socket event)."""
+        try:
+            self._check_timeouts(now)
+        except OSError:
+            self.close(reset=True)
+        if self.phase not in (Phase.CLOSED, Phase.TUNNEL):
+            self._update_interest()
+
+    def _check_timeouts(self, now: float) -> None:
         timeouts = self.mode.listener.timeouts
         if self.phase is Phase.HEAD:
             if self.parser.buffered:  # a head has begun: slowloris guard
@@ -285,15 +294,28 @@ class HttpSession:
 
     # -- driving the parsers --------------------------------------------------------
     def _drive(self) -> None:
-        progress = True
-        while progress and self.phase not in (Phase.CLOSED, Phase.TUNNEL):
+        """Parse as far as the buffered bytes go, then write.
+
+        Parsing comes first so that a request whose whole body arrived with
+        its head is validated before a byte of it is sent upstream: a
+        framing error then reaches no backend (SPEC). A body that streams in
+        over several reads is forwarded as it comes; an error found later in
+        it resets the upstream connection, so no backend ever sees a
+        complete request.
+        """
+        while self.phase not in (Phase.CLOSED, Phase.TUNNEL):
             progress = self._drive_request()
             if self.phase is Phase.FORWARD and self.resp is not None:
                 progress = self._drive_response() or progress
+            if progress:
+                continue
+            full = len(self.uout) >= MAX_BUFFER or len(self.cout) >= MAX_BUFFER
             if self.cout:
                 self._flush_client()
             if self.uout and self.phase is Phase.FORWARD:
                 self._flush_upstream()
+            if not full or len(self.uout) >= MAX_BUFFER or len(self.cout) >= MAX_BUFFER:
+                return  # parsing stopped for want of bytes, not of buffer room
 
     def _drive_request(self) -> bool:
         if self.phase is Phase.HEAD:
@@ -321,7 +343,7 @@ class HttpSession:
                     self.req_mover = Mover(self.ctx.pool, self.ctx.c, self.client, self.up,
                                            self.parser.body_remaining, self._req_read,
                                            C.upstream_bytes_out)
-                    self._step_req_mover()
+                    return self._step_req_mover() or progress
                 return progress
             progress = True
         return progress
@@ -352,7 +374,7 @@ class HttpSession:
                     self.resp_mover = Mover(self.ctx.pool, self.ctx.c, self.up, self.client,
                                             self.resp.body_remaining, self._resp_read,
                                             C.bytes_out)
-                    self._step_resp_mover()
+                    return self._step_resp_mover() or progress
                 return progress
             progress = True
         return progress
@@ -554,6 +576,8 @@ class HttpSession:
             return
         kind = self.resp.body_kind
         headers = remove_hop_by_hop(response.headers)
+        if kind is BodyKind.CHUNKED and self.request.version == b"1.0":
+            kind = BodyKind.CLOSE  # no chunked towards HTTP/1.0 (RFC 9112 §6.1): until close
         keep = self.request.keep_alive and kind is not BodyKind.CLOSE
         if kind is BodyKind.CLOSE:
             headers = frame_headers(headers, kind)
@@ -725,23 +749,29 @@ class HttpSession:
         self.resp_bytes += n
         self.resp.body_consumed(n)
 
-    def _step_req_mover(self) -> None:
+    def _step_req_mover(self) -> bool:
+        """True when the body is complete."""
         assert self.req_mover is not None
-        if self.req_mover.step() == DONE:
-            self.req_mover = None
-            event = self.parser.next_event()
-            assert isinstance(event, EndOfMessage)
-            self.req_done = True
+        if self.req_mover.step() != DONE:
+            return False
+        self.req_mover = None
+        event = self.parser.next_event()
+        assert isinstance(event, EndOfMessage)
+        self.req_done = True
+        return True
 
-    def _step_resp_mover(self) -> None:
+    def _step_resp_mover(self) -> bool:
+        """True when the response is complete (the session has moved on)."""
         assert self.resp_mover is not None and self.resp is not None
-        if self.resp_mover.step() == DONE:
-            if self.resp_mover.eof:
-                self.resp.receive_data(b"")
-            self.resp_mover = None
-            event = self.resp.next_event()
-            assert isinstance(event, EndOfMessage)
-            self._response_complete()
+        if self.resp_mover.step() != DONE:
+            return False
+        if self.resp_mover.eof:
+            self.resp.receive_data(b"")
+        self.resp_mover = None
+        event = self.resp.next_event()
+        assert isinstance(event, EndOfMessage)
+        self._response_complete()
+        return True
 
     # -- output and interest ------------------------------------------------------------
     def _flush_client(self) -> None:
