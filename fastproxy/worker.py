@@ -51,6 +51,7 @@ SWEEP_INTERVAL = 0.25
 LOG_FLUSH_INTERVAL = 0.2
 PASSIVE_FAILS = 3
 PASSIVE_DOWN_SECONDS = 10.0
+USABLE_TTL = 0.1  # how stale a worker's view of health verdicts may get
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -96,18 +97,30 @@ class UpstreamRuntime:
         self.active = [0] * n
         self.fails = [0] * n
         self.down_until = [0.0] * n
+        self._checked: list[bool] = []
+        self._usable: list[bool] = []
+        self._usable_until = 0.0
         self.balancer = make_balancer(config.balance,
                                       [(name, s.weight) for name, s in zip(self.names, config.servers)],
                                       active=self.active)
 
     def candidates(self, client_ip: str) -> list[int]:
         now = self.ctx.reactor.now
-        checked = [self.ctx.segment.server_health(i) != 2 for i in self.shm]
-        usable = [ok and until <= now for ok, until in zip(checked, self.down_until)]
-        found = self.balancer.candidates(client_ip, usable)
+        if now >= self._usable_until:
+            self._refresh_usable(now)
+        found = self.balancer.candidates(client_ip, self._usable)
         if not found:  # every server passively marked: try them anyway, as nginx does
-            found = self.balancer.candidates(client_ip, checked)
+            found = self.balancer.candidates(client_ip, self._checked)
         return found
+
+    def _refresh_usable(self, now: float) -> None:
+        """Re-read the health verdicts (shared memory) and passive marks; at
+        most every USABLE_TTL, and at once after a passive mark changes."""
+        health = self.ctx.segment.server_health
+        self._checked = [health(i) != 2 for i in self.shm]
+        self._usable = [ok and until <= now for ok, until in zip(self._checked, self.down_until)]
+        marks = [until for until in self.down_until if until > now]
+        self._usable_until = min([now + USABLE_TTL, *marks])
 
     def _server(self, i: int, counter: int) -> int:
         return self.shm[i] * N_SERVER_COUNTERS + counter
@@ -117,10 +130,13 @@ class UpstreamRuntime:
         self.fails[i] += 1
         if self.fails[i] >= PASSIVE_FAILS:
             self.down_until[i] = self.ctx.reactor.now + PASSIVE_DOWN_SECONDS
+            self._usable_until = 0.0
 
     def record_success(self, i: int) -> None:
         self.fails[i] = 0
-        self.down_until[i] = 0.0
+        if self.down_until[i]:
+            self.down_until[i] = 0.0
+            self._usable_until = 0.0
         self.active[i] += 1
         servers = self.ctx.slot.servers
         servers[self._server(i, S.sessions)] += 1
