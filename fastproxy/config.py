@@ -519,6 +519,18 @@ def _cross_check(cfg: Config) -> list[str]:
     admin = None if cfg.admin is _BAD else cfg.admin.listen
     if ("listen", admin) in seen:
         bad("admin.listen", f"same address as {seen['listen', admin]}")
+    for name, up in ({} if cfg.upstreams is _BAD else cfg.upstreams).items():
+        servers = () if up is _BAD or up.servers is _BAD else up.servers
+        first: dict[str, int] = {}
+        for j, entry in enumerate(servers):
+            if entry is _BAD or entry.address is _BAD:
+                continue
+            address = str(entry.address)
+            if address in first:
+                bad(f"upstream.{name}.servers[{j}]",
+                    f"duplicate server {address!r} (also servers[{first[address]}]; "
+                    "use weight to give it a bigger share)")
+            first.setdefault(address, j)
     return problems
 
 

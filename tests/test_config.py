@@ -674,3 +674,19 @@ def test_config_imports_no_io_modules() -> None:
     assert imported <= {"__future__", "dataclasses", "difflib", "ipaddress", "math", "os", "re",
                         "tomllib", "collections", "types", "typing", "fastproxy", "base64",
                         "urllib"}
+
+
+def test_duplicate_servers_in_one_upstream_are_an_error() -> None:
+    text = """
+[[listener]]
+listen = "127.0.0.1:8000"
+mode = "tcp"
+upstream = "app"
+[upstream.app]
+servers = ["127.0.0.1:9000", "127.0.0.1:9001", {address = "127.0.0.1:9000", weight = 2}]
+"""
+    with pytest.raises(ConfigError) as info:
+        config.loads(text)
+    assert info.value.problems == [
+        "config error: upstream.app.servers[2]: duplicate server '127.0.0.1:9000' "
+        "(also servers[0]; use weight to give it a bigger share)"]
