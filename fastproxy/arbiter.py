@@ -52,7 +52,7 @@ def respawn_delay(young_deaths: int) -> float:
     """0 for the first death, then 0.1 s doubling up to 10 s."""
     if young_deaths <= 1:
         return 0.0
-    return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (young_deaths - 2))
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (young_deaths - 2)))
 
 
 def died_young(started_at: float, now: float) -> bool:

@@ -75,6 +75,9 @@ def bind_socket(address: Address) -> socket.socket:
         sock.bind((address.host, address.port))
         sock.listen(_BACKLOG)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{address}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise

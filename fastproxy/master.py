@@ -30,21 +30,28 @@ end the master holds: when the master dies, however, they see EOF and leave.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import mmap
 import os
 import signal
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fastproxy import arbiter
 from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
-from fastproxy.config import Config, ConfigError, all_upstreams
+from fastproxy.config import Config, all_upstreams
+from fastproxy.errors import ConfigError
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
-from fastproxy.stats.shm import Segment, segment_path
+from fastproxy.stats.shm import Segment, SlotState, segment_path
 from fastproxy.upstream.health import HealthChecker
 from fastproxy.worker import Worker, WorkerSpec
+
+if TYPE_CHECKING:
+    from fastproxy.stats.admin import AdminServer
 
 log = logging.getLogger("fastproxy")
 
@@ -66,7 +73,7 @@ class Master:
     re-reads the file and re-applies the command-line overrides.
     """
 
-    def __init__(self, config: Config, reload_config: callable) -> None:  # type: ignore[valid-type]
+    def __init__(self, config: Config, reload_config: Callable[[], Config]) -> None:
         self.config = config
         self._reload_config = reload_config
         self.reactor = Reactor()
@@ -85,7 +92,7 @@ class Master:
         self._reload_pending: tuple[int, float] | None = None
         self._server_indexes: dict[str, int] = {}
         self.health: HealthChecker | None = None
-        self.admin = None
+        self.admin: AdminServer | None = None
 
     # -- startup and shutdown ------------------------------------------------------
     def run(self) -> int:
@@ -247,7 +254,7 @@ class Master:
         self.segment.set_slot_pid(stats_index, pid)
         record = WorkerRecord(pid, slot, self.generation, stats_index, status_r, self.reactor.now)
         self.workers[pid] = record
-        self.reactor.register(status_r, EVENT_READ, lambda _m, r=record: self._on_status(r))
+        self.reactor.register(status_r, EVENT_READ, functools.partial(self._on_status_event, record))
         log.debug("spawned worker pid %d slot %d generation %d", pid, slot, self.generation)
 
     def _close_in_child(self, keep: set[int]) -> None:
@@ -288,6 +295,9 @@ class Master:
         total = pages * 4096 * 9 // 10 // PIPE_SIZE
         return max(4, total // max(1, 2 * self.slots)), PIPE_SIZE
 
+    def _on_status_event(self, record: WorkerRecord, _mask: int) -> None:
+        self._on_status(record)
+
     def _on_status(self, record: WorkerRecord) -> None:
         if record.status_fd < 0:  # reaped earlier in this pass
             return
@@ -304,6 +314,7 @@ class Master:
     def _worker_ready(self, record: WorkerRecord) -> None:
         assert self.segment is not None
         record.state = WorkerState.READY
+        self.segment.set_slot_state(record.stats_index, SlotState.RUNNING)
         self.history.setdefault(record.slot, SlotHistory())
         self._steer()
         if self.stopping:
@@ -319,7 +330,7 @@ class Master:
         record.expected_exit = True
         _kill(record.pid, signal.SIGQUIT)
         timeout = self.config.server.graceful_timeout + STOP_KILL_AFTER
-        self.reactor.call_later(timeout, lambda pid=record.pid: self._kill_if_alive(pid))
+        self.reactor.call_later(timeout, functools.partial(self._kill_if_alive, record.pid))
 
     def _kill_if_alive(self, pid: int) -> None:
         if pid in self.workers:

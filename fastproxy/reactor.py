@@ -63,6 +63,11 @@ class LeanEpollSelector(selectors.EpollSelector):
     Python time per connection. Same contract as the base class.
     """
 
+    # The base class's private state: ``_fd_to_key`` (fd -> SelectorKey) and
+    # ``_selector`` (the select.epoll object), stable since Python 3.4.
+    _fd_to_key: dict[int, selectors.SelectorKey]
+    _selector: select.epoll
+
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         if type(fileobj) is not int:
             return super().register(fileobj, events, data)

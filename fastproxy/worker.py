@@ -152,7 +152,8 @@ class UpstreamRuntime:
 
 def _resolve(host: str, port: int) -> tuple[tuple[str, int], int]:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    return info[4][:2], info[0]
+    sockaddr = info[4]
+    return (str(sockaddr[0]), int(sockaddr[1])), int(info[0])
 
 
 class WorkerContext:
@@ -295,7 +296,6 @@ class Worker:
         })
         self.reactor.on_error = self._on_loop_error
         self.ctx = WorkerContext(self, spec)
-        self.ctx.slot.set_state(SlotState.RUNNING)
         self._build_acceptors()
         self.reactor.register(spec.alive_fd, EVENT_READ, self._on_alive_pipe)
         _tune_gc()

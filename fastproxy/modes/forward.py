@@ -286,8 +286,9 @@ class ForwardSession(HttpSession):
             self.ctx.c[C.denied] += 1
             self._refuse(403, refusal)
             return
-        self.upstream = Destination(f"{self.dest_host}:{self.dest_port}", allowed)  # type: ignore[assignment]
-        self.candidates = self.upstream.candidates(self.addr[0])
+        destination = Destination(f"{self.dest_host}:{self.dest_port}", allowed)
+        self.upstream = destination  # type: ignore[assignment]
+        self.candidates = destination.candidates(self.addr[0])
         self._next_server()
 
     def _prepare_socket(self, sock: socket.socket) -> None:

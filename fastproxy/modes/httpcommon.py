@@ -73,7 +73,8 @@ def host_of(authority: bytes) -> bytes:
 
 def access_line(fmt: str, *, client: str, method: bytes, target: bytes, version: bytes,
                 status: int, sent: int, referer: bytes | None, agent: bytes | None,
-                upstream: str, request_time: float, upstream_time: float | None) -> tuple[dict, str]:
+                upstream: str, request_time: float, upstream_time: float | None
+                ) -> tuple[dict[str, object], str]:
     """The JSON record and the ``combined`` line (nginx's, plus upstream
     address, request time and upstream time) for one exchange."""
     request = f"{method.decode('latin-1')} {target.decode('latin-1')} HTTP/{version.decode()}"

@@ -220,7 +220,7 @@ class HttpSession:
         try:
             if mask & EVENT_WRITE:
                 self._flush_client()
-            if mask & EVENT_READ and self.phase is not Phase.CLOSED:
+            if mask & EVENT_READ and self.phase not in (Phase.CLOSED, Phase.TUNNEL):
                 self._read_client()
             self._drive()
         except ProtocolError as exc:
@@ -339,7 +339,8 @@ class HttpSession:
                 self.req_done = True
                 return True
             else:
-                if event is NEED_DATA and not self.uout and self._splice_worthy(self.parser):
+                if (event is NEED_DATA and not self.uout and self.up is not None
+                        and self._splice_worthy(self.parser)):
                     self.req_mover = Mover(self.ctx.pool, self.ctx.c, self.client, self.up,
                                            self.parser.body_remaining, self._req_read,
                                            C.upstream_bytes_out)
