@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = SOCKET_TIMEOUT
     server: _Server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     # Record every request line that reached us, even one we cannot parse.
@@ -135,10 +135,10 @@ class _Handler(BaseHTTPRequestHandler):
             backend.request_lines.append(self.raw_requestline)
         return super().parse_request()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch()
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_GET  # noqa: N815
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_GET
 
     # -- request bodies ------------------------------------------------------------
     def _read_body(self, seen: Seen) -> None:

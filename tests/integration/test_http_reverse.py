@@ -19,19 +19,22 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from tests.conftest import Backend, free_port, wait_until
+from tests.conftest import free_port, wait_until
+from tests.integration import http_helpers
 from tests.integration.http_backends import (
     WS_GREETING,
     HttpBackend,
-    chunk_plan,
     Recorder,
+    chunk_plan,
     close_after_each_handler,
     close_delimited_handler,
     close_without_answer_handler,
     continue_handler,
     encode_chunked,
     garbage_handler,
+    head_field,
     payload,
+    read_head,
     sha256,
     silent_handler,
     upload_sink_handler,
@@ -41,12 +44,12 @@ from tests.integration.http_helpers import (
     HttpClient,
     HttpProxy,
     HttpProxyRunner,
-    ListenerSpec,
     build_request,
     exchange,
     raw_exchange,
-    run_http_proxy,  # noqa: F401  (fixture)
 )
+
+run_http_proxy = http_helpers.run_http_proxy  # the fixture, under its own name
 
 MiB = 1 << 20
 SIZES = [1, 1000, 100_000, 1_000_000, 8 * MiB]
@@ -253,6 +256,56 @@ def test_server_closing_pooled_connections_is_invisible(run_http_proxy, backend_
             resp = client.request("GET", f"/r/{i}")
             assert (resp.status, resp.body) == (200, b"ok"), i
     proxy.assert_healthy()
+
+
+def test_upstream_connection_close_keeps_client_alive(run_http_proxy, backend_factory) -> None:
+    """The server closes after each response and says so: the proxy opens a
+    new upstream connection per request, the client keeps its own."""
+    backend = backend_factory(_answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                           b"Connection: close\r\n\r\nok"))
+    proxy = run_http_proxy({"app": [backend.address]})
+    with HttpClient(proxy.port, timeout=5.0) as client:
+        for i in range(10):
+            resp = client.request("GET", f"/c/{i}")
+            assert (resp.status, resp.body) == (200, b"ok")
+            assert "close" not in (resp.header("Connection") or "").lower()
+    assert backend.accepted == 10
+    proxy.assert_healthy()
+
+
+def _close_when_idle_handler(conn: socket.socket, backend: object) -> None:
+    """Answer one request (body read), then close 0.2 s later: a server with
+    a short keep-alive timeout."""
+    head, rest = read_head(conn)
+    length = int(head_field(head, b"content-length") or b"0")
+    while len(rest) < length:
+        data = conn.recv(65536)
+        if not data:
+            return
+        rest += data
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    time.sleep(0.2)
+
+
+def test_pooled_connection_closed_by_server_is_not_reused(run_http_proxy, backend_factory) -> None:
+    """An idle pooled connection the server closed is dropped at once (the
+    pool watches it), so even a POST, which is never retried, gets through."""
+    backend = backend_factory(_close_when_idle_handler)
+    proxy = run_http_proxy({"app": [backend.address]})
+    for i in range(4):
+        resp = exchange(proxy.port, "POST", f"/p/{i}", body=b"data")
+        assert (resp.status, resp.body) == (200, b"ok"), i
+        time.sleep(0.5)  # the server closes its side meanwhile
+    assert backend.accepted == 4
+    assert proxy.totals()["responses_5xx"] == 0
+
+
+def test_idle_keepalive_client_closed_quietly(run_http_proxy, app: HttpBackend) -> None:
+    proxy = run_http_proxy({"app": [app.address]}, timeouts={"idle": 1.0})
+    with HttpClient(proxy.port, timeout=5.0) as client:
+        assert client.request("GET", "/once").status == 200
+        assert client.at_eof(5.0)  # no 408 for a connection between requests
+    wait_until(lambda: proxy.totals()["conn_active"] == 0, 5.0, "no session left")
 
 
 # == 3. header rules =========================================================================
@@ -518,7 +571,7 @@ class Blackhole:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(0)
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.fillers = []
         for _ in range(3):
             filler = socket.socket()
@@ -557,8 +610,8 @@ def test_connect_timeout_single_server_502(run_http_proxy, blackhole: Blackhole)
 
 
 def _answer_with(raw: bytes):
+    """A raw backend answering any one request with ``raw``, then closing."""
     def handler(conn: socket.socket, backend: object) -> None:
-        from tests.integration.http_backends import read_head
         read_head(conn)
         conn.sendall(raw)
         with contextlib.suppress(OSError):
@@ -849,6 +902,32 @@ def test_expect_100_continue_passes_through(run_http_proxy, backend_factory) -> 
     assert b"expect: 100-continue" in rec.heads[0].lower()
 
 
+def test_interim_103_passed_on(run_http_proxy, backend_factory) -> None:
+    backend = backend_factory(_answer_with(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    proxy = run_http_proxy({"app": [backend.address]})
+    with HttpClient(proxy.port, timeout=5.0) as client:
+        client.send(build_request("GET", "/"))
+        hints = client.read_response(skip_interim=False)
+        assert hints.status == 103 and hints.header("Link") == "</a.css>; rel=preload"
+        final = client.read_response()
+        assert (final.status, final.body) == (200, b"ok")
+
+
+def test_response_trailers_framing_fields_dropped(run_http_proxy, backend_factory) -> None:
+    backend = backend_factory(_answer_with(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Ok: 1\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"))
+    proxy = run_http_proxy({"app": [backend.address]})
+    with HttpClient(proxy.port, timeout=5.0) as client:
+        resp = client.request("GET", "/")
+        assert (resp.status, resp.body) == (200, b"hello")
+        assert resp.trailers == [("X-Ok", "1")]
+        assert client.request("GET", "/again").status == 200  # the connection is still in step
+
+
 # == 10. upgrades (WebSocket-style) ===========================================================================
 def test_websocket_upgrade_tunnel(run_http_proxy, backend_factory) -> None:
     rec = Recorder()
@@ -911,7 +990,7 @@ def test_slowloris_closed_while_others_served(proxy: HttpProxy) -> None:
                     return
                 try:
                     got = s.recv(4096)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     continue  # 0.3 s and nothing yet: keep dribbling
                 except ConnectionResetError:
                     outcome["result"] = "closed"
@@ -1090,5 +1169,5 @@ def test_stats_counters(proxy: HttpProxy, app: HttpBackend) -> None:
             - before["hists"]["request_seconds"]["count"]) == made
     assert c1["bytes_in"] > c0["bytes_in"] and c1["bytes_out"] > c0["bytes_out"]
     metrics = proxy.metrics()
-    assert re.search(r'^fastproxy_requests_total(\{[^}]*\})? 7$', metrics, re.M), metrics[:2000]
-    assert re.search(r'^fastproxy_responses_total\{class="2xx"\} 6$', metrics, re.M)
+    assert re.search(r'^fastproxy_requests_total(\{[^}]*\})? 7$', metrics, re.MULTILINE), metrics[:2000]
+    assert re.search(r'^fastproxy_responses_total\{class="2xx"\} 6$', metrics, re.MULTILINE)
