@@ -29,6 +29,7 @@ per-worker idle pool per destination.
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import zlib
@@ -138,7 +139,7 @@ class ForwardSession(HttpSession):
         self.dest_port = 0
         self.tunnel_request = False
         self.via_parent = False
-        self.fwd_headers: list = []  # type: ignore[type-arg]
+        self.source: str | None = None
 
     # -- admission ------------------------------------------------------------------------
     def _admit(self, request: Request) -> bool:
@@ -161,7 +162,6 @@ class ForwardSession(HttpSession):
         self.dest_host, self.dest_port = host, port
         if self.tunnel_request:
             self.reuse_ok = False  # a tunnel gets a connection of its own
-            self.ctx.c[C.tunnels] += 1
         else:
             self.ctx.c[C.forward_requests] += 1
         return True
@@ -202,13 +202,13 @@ class ForwardSession(HttpSession):
         headers.insert(0, (b"Host", request.authority))
         level = self.mode.forward.anonymity
         if level == "elite":
-            headers = anonymize(headers)
-        elif level == "anonymous":
-            headers = add_via(anonymize(headers), request.version)
-        else:
-            headers = add_forwarded_for(add_via(headers, request.version), self.addr[0].encode())
-        self.fwd_headers = headers
-        return headers
+            return anonymize(headers)
+        if level == "anonymous":
+            return add_via(anonymize(headers), request.version)
+        # transparent: the client's chain is kept and extended; Proxy-* fields
+        # are addressed to the proxy and never forwarded.
+        headers = [(n, v) for n, v in headers if not n.lower().startswith(b"proxy-")]
+        return add_forwarded_for(add_via(headers, request.version), self.addr[0].encode())
 
     def _forward_target(self, request: Request) -> bytes:
         if self.mode.parents:  # a parent proxy gets the absolute form
@@ -253,24 +253,19 @@ class ForwardSession(HttpSession):
         if self.tunnel_request:
             target = self.request.authority
             return serialize_request(self.request, [(b"Host", target), *extra], target=target)
-        return serialize_request(self.request, [*self.fwd_headers, *extra],
+        return serialize_request(self.request, [*self.out_headers, *extra],
                                  target=self._forward_target(self.request))
 
     def _resolved(self, addresses: list[tuple[int, Any]] | None, error: str | None) -> None:
         self.lookup = None
-        if self.phase is not Phase.CONNECT:
-            return
-        try:
-            if addresses is None:
-                self._fail(502, f"cannot resolve {self.dest_host}: {error}")
-            else:
-                self._connect_allowed(addresses)
-            self._drive()
-        except ProtocolError as exc:
-            self._protocol_error(exc)
-        except OSError:
-            self.close(reset=True)
-        self._update_interest()
+        if self.phase is Phase.CONNECT:
+            self._run(functools.partial(self._on_addresses, addresses, error))
+
+    def _on_addresses(self, addresses: list[tuple[int, Any]] | None, error: str | None) -> None:
+        if addresses is None:
+            self._fail(502, f"cannot resolve {self.dest_host}: {error}")
+        else:
+            self._connect_allowed(addresses)
 
     def _connect_allowed(self, addresses: list[tuple[int, Any]]) -> None:
         allowed: list[tuple[int, Any]] = []
@@ -286,15 +281,19 @@ class ForwardSession(HttpSession):
             self.ctx.c[C.denied] += 1
             self._refuse(403, refusal)
             return
-        destination = Destination(f"{self.dest_host}:{self.dest_port}", allowed)
+        # Pooled connections are per destination and egress address, so a
+        # reused connection leaves from the address rotation chose.
+        self.source = self.mode.source_for(self.addr[0])
+        name = f"{self.dest_host}:{self.dest_port}"
+        destination = Destination(name if self.source is None else f"{name}@{self.source}",
+                                  allowed)
         self.upstream = destination  # type: ignore[assignment]
         self.candidates = destination.candidates(self.addr[0])
         self._next_server()
 
     def _prepare_socket(self, sock: socket.socket) -> None:
-        source = self.mode.source_for(self.addr[0])
-        if source is not None:
-            sock.bind((source, 0))
+        if self.source is not None and not self.via_parent:
+            sock.bind((self.source, 0))
 
     def _connected(self) -> None:
         """A CONNECT tunnel starts as soon as the destination answers; through
@@ -308,6 +307,7 @@ class ForwardSession(HttpSession):
             self.uout.clear()
             self._log(200, 0)
             self.ctx.c[C.responses_2xx] += 1
+            self.ctx.c[C.tunnels] += 1
             self._tunnel(_CONNECTED)
 
     def close(self, reset: bool = False) -> None:

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastproxy.errors import ProtocolError
@@ -150,6 +152,7 @@ class HttpSession:
         self.active_counted = False   # this exchange holds one of the server's "active"
         self.head = b""               # the forwarded request head (for a retry)
         self.reuse_ok = True          # may take a pooled/parked upstream connection
+        self.out_headers: list = []   # type: ignore[type-arg]  # the forwarded fields
         self.up_sent = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -182,12 +185,10 @@ class HttpSession:
 
     def check_timeouts(self, now: float) -> None:
         """Called by the worker's periodic sweep (not from a socket event)."""
-        try:
+        if self.phase is Phase.TUNNEL:
             self._check_timeouts(now)
-        except OSError:
-            self.close(reset=True)
-        if self.phase not in (Phase.CLOSED, Phase.TUNNEL):
-            self._update_interest()
+        else:
+            self._run(functools.partial(self._check_timeouts, now))
 
     def _check_timeouts(self, now: float) -> None:
         timeouts = self.mode.listener.timeouts
@@ -214,14 +215,15 @@ class HttpSession:
                 self._relay.close("idle")
 
     # -- events -----------------------------------------------------------------
-    def _on_client(self, mask: int) -> None:
+    def _run(self, step: Callable[[], None]) -> None:
+        """Every entry into the session (socket events, the sweep, resolver
+        answers) goes through here: do ``step``, drive the parsers, then set
+        the selector interest. A ProtocolError is answered with its status;
+        any other OSError aborts both connections."""
         if self.phase in (Phase.CLOSED, Phase.TUNNEL):
             return
         try:
-            if mask & EVENT_WRITE:
-                self._flush_client()
-            if mask & EVENT_READ and self.phase not in (Phase.CLOSED, Phase.TUNNEL):
-                self._read_client()
+            step()
             self._drive()
         except ProtocolError as exc:
             self._protocol_error(exc)
@@ -229,26 +231,29 @@ class HttpSession:
             self.close(reset=True)
         self._update_interest()
 
+    def _on_client(self, mask: int) -> None:
+        self._run(functools.partial(self._client_event, mask))
+
+    def _client_event(self, mask: int) -> None:
+        if mask & EVENT_WRITE:
+            self._flush_client()
+        if mask & EVENT_READ and self.phase not in (Phase.CLOSED, Phase.TUNNEL):
+            self._read_client()
+
     def _on_upstream(self, mask: int) -> None:
-        if self.phase in (Phase.CLOSED, Phase.TUNNEL):
-            return
         if self.phase is Phase.HEAD:  # the parked connection closed or spoke: drop it
             self._drop_parked()
             return
-        try:
-            if self.phase is Phase.CONNECT:
-                self._on_connect_event()
-            else:
-                if mask & EVENT_WRITE:
-                    self._flush_upstream()
-                if mask & EVENT_READ and self.phase is Phase.FORWARD:
-                    self._read_upstream()
-            self._drive()
-        except ProtocolError as exc:
-            self._protocol_error(exc)
-        except OSError:
-            self.close(reset=True)
-        self._update_interest()
+        self._run(functools.partial(self._upstream_event, mask))
+
+    def _upstream_event(self, mask: int) -> None:
+        if self.phase is Phase.CONNECT:
+            self._on_connect_event()
+            return
+        if mask & EVENT_WRITE:
+            self._flush_upstream()
+        if mask & EVENT_READ and self.phase is Phase.FORWARD:
+            self._read_upstream()
 
     def _read_client(self) -> None:
         if self.req_mover is not None:
@@ -406,6 +411,7 @@ class HttpSession:
         self.req_chunked = kind is BodyKind.CHUNKED
         headers = frame_headers(self._rewrite_headers(request, headers), kind,
                                 self.parser.content_length)
+        self.out_headers = headers
         self.head = serialize_request(request, headers, target=self._forward_target(request))
         self.uout = bytearray(self.head)
         self.req_done = kind is BodyKind.NONE or (kind is BodyKind.LENGTH
