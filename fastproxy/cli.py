@@ -20,7 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from fastproxy import __version__, config as configuration
+from fastproxy import __version__
+from fastproxy import config as configuration
 from fastproxy.config import Config
 from fastproxy.errors import ConfigError
 from fastproxy.modes import require_available

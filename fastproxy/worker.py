@@ -34,9 +34,9 @@ from fastproxy.log import AccessLog, setup_error_log
 from fastproxy.modes.preamble import Preamble
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
 from fastproxy.relay import PipePool
-from fastproxy.stats.shm import C, N_SERVER_COUNTERS, S, Segment, SlotState, SlotView
-from fastproxy.upstream.balance import make_balancer
 from fastproxy.resolver import Resolver
+from fastproxy.stats.shm import N_SERVER_COUNTERS, C, S, Segment, SlotState, SlotView
+from fastproxy.upstream.balance import make_balancer
 from fastproxy.upstream.pool import IdlePool
 
 log = logging.getLogger("fastproxy")

@@ -33,6 +33,7 @@ import functools
 import random
 import socket
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,13 @@ from fastproxy.acl import Authenticator, Denied, Policy, parse_ip
 from fastproxy.config import PARENTS, parent_proxies
 from fastproxy.errors import ProtocolError
 from fastproxy.http import (
-    Request, add_forwarded_for, add_via, anonymize, remove_fields, remove_hop_by_hop,
+    Field,
+    Request,
+    add_forwarded_for,
+    add_via,
+    anonymize,
+    remove_fields,
+    remove_hop_by_hop,
     serialize_request,
 )
 from fastproxy.modes.httpcommon import REASONS, error_response
@@ -196,7 +203,7 @@ class ForwardSession(HttpSession):
         self._close_after_flush()
 
     # -- the request as forwarded -----------------------------------------------------------
-    def _rewrite_headers(self, request: Request, headers: list) -> list:  # type: ignore[type-arg]
+    def _rewrite_headers(self, request: Request, headers: Sequence[Field]) -> list[Field]:
         headers = remove_hop_by_hop(headers, keep_upgrade=self.upgrade)
         headers = remove_fields(headers, (b"proxy-authorization", b"host"))
         headers.insert(0, (b"Host", request.authority))

@@ -7,9 +7,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from fastproxy.config import Route
+from fastproxy.config import Limits, Route
 from fastproxy.http import Limits as HttpLimits
-from fastproxy.config import Limits
 
 REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",

@@ -37,19 +37,43 @@ import errno
 import functools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from fastproxy.errors import ProtocolError
 from fastproxy.http import (
-    NEED_DATA, PAUSED, BodyKind, ConnectionClosed, Data, EndOfMessage, InformationalResponse,
-    Request, RequestParser, Response, ResponseParser, add_forwarded_for, add_via,
-    decrement_max_forwards, encode_last_chunk, encode_piece, frame_headers, remove_fields,
-    remove_hop_by_hop, serialize_request, serialize_response, upgrade_protocols,
+    NEED_DATA,
+    BodyKind,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Field,
+    InformationalResponse,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    add_forwarded_for,
+    add_via,
+    decrement_max_forwards,
+    encode_last_chunk,
+    encode_piece,
+    frame_headers,
+    remove_fields,
+    remove_hop_by_hop,
+    serialize_request,
+    serialize_response,
+    upgrade_protocols,
 )
-from fastproxy.modes.httpcommon import CompiledRoute, access_line, error_response, host_of, parser_limits
+from fastproxy.modes.httpcommon import (
+    CompiledRoute,
+    access_line,
+    error_response,
+    host_of,
+    parser_limits,
+)
 from fastproxy.reactor import EVENT_READ, EVENT_WRITE
-from fastproxy.relay import DONE, WANT_WRITE, Mover, Relay, set_reset
+from fastproxy.relay import DONE, Mover, Relay, set_reset
 from fastproxy.stats.shm import C, H
 
 if TYPE_CHECKING:
@@ -93,6 +117,8 @@ class HttpMode:
         session.start()
 
     def route(self, request: Request) -> UpstreamRuntime:
+        if not self.routes:
+            return self.default
         host = host_of(request.authority)
         for route in self.routes:
             if route.matches(host, request.path):
@@ -402,10 +428,12 @@ class HttpSession:
         self.last_upstream = ctx.reactor.now
         if not self._admit(request):
             return
-        headers, answer_here = decrement_max_forwards(request.method, request.headers)
-        if answer_here:
-            self._answer_locally(request)
-            return
+        headers: Sequence[Field] = request.headers
+        if request.method in (b"OPTIONS", b"TRACE"):
+            headers, answer_here = decrement_max_forwards(request.method, request.headers)
+            if answer_here:
+                self._answer_locally(request)
+                return
         self.upgrade = bool(upgrade_protocols(request.headers))
         kind = self.parser.body_kind
         self.req_chunked = kind is BodyKind.CHUNKED
@@ -427,7 +455,7 @@ class HttpSession:
             raise ProtocolError("CONNECT is not served by a reverse proxy", status=501)
         return True
 
-    def _rewrite_headers(self, request: Request, headers: list) -> list:  # type: ignore[type-arg]
+    def _rewrite_headers(self, request: Request, headers: Sequence[Field]) -> list[Field]:
         headers = remove_hop_by_hop(headers, keep_upgrade=self.upgrade)
         if request.form == "absolute":  # the target wins over Host (SPEC)
             headers = remove_fields(headers, (b"host",))

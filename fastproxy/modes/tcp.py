@@ -19,8 +19,8 @@ from fastproxy.relay import Relay, set_reset
 from fastproxy.stats.shm import C, H
 
 if TYPE_CHECKING:
-    from fastproxy.worker import UpstreamRuntime, WorkerContext
     from fastproxy.config import Listener
+    from fastproxy.worker import UpstreamRuntime, WorkerContext
 
 log = logging.getLogger("fastproxy")
 
