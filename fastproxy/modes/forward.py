@@ -152,20 +152,20 @@ class ForwardSession(HttpSession):
     def _admit(self, request: Request) -> bool:
         mode = self.mode
         self.tunnel_request = request.method == b"CONNECT"
-        try:
-            if not mode.policy.client_allowed(self.addr[0]):
-                raise Denied("client not allowed")
-            if mode.auth.required and mode.auth.check(request.get(b"proxy-authorization")) is None:
-                self.ctx.c[C.auth_failures] += 1
-                self._refuse(407, "proxy authentication required", mode.auth.challenge())
-                return False
-            host, port = self._destination(request)
-            if self.tunnel_request:
-                mode.policy.check_connect_port(port)
-        except Denied as exc:
-            self.ctx.c[C.denied] += 1
-            self._refuse(403, exc.reason)
+        if not mode.policy.client_allowed(self.addr[0]):
+            self._deny(C.denied_client, "client not allowed")
             return False
+        if mode.auth.required and mode.auth.check(request.get(b"proxy-authorization")) is None:
+            self.ctx.c[C.auth_failures] += 1
+            self._refuse(407, "proxy authentication required", mode.auth.challenge())
+            return False
+        host, port = self._destination(request)
+        if self.tunnel_request:
+            try:
+                mode.policy.check_connect_port(port)
+            except Denied as exc:
+                self._deny(C.denied_port, exc.reason)
+                return False
         self.dest_host, self.dest_port = host, port
         if self.tunnel_request:
             self.reuse_ok = False  # a tunnel gets a connection of its own
@@ -194,6 +194,12 @@ class ForwardSession(HttpSession):
         if not host or not 0 < port < 65536:
             raise ProtocolError("bad destination")
         return host.lower(), port
+
+    def _deny(self, counter: int, reason: str) -> None:
+        """A 403, counted in total and by reason (client, port, destination)."""
+        self.ctx.c[C.denied] += 1
+        self.ctx.c[counter] += 1
+        self._refuse(403, reason)
 
     def _refuse(self, status: int, reason: str, extra: bytes = b"") -> None:
         """Answer a refusal; the connection closes after it."""
@@ -241,8 +247,7 @@ class ForwardSession(HttpSession):
             elif policy.has_allow_list and not policy.check_name(self.dest_host):
                 raise Denied("destination not allowed")
         except Denied as exc:
-            self.ctx.c[C.denied] += 1
-            self._refuse(403, exc.reason)
+            self._deny(C.denied_destination, exc.reason)
             return
         self.via_parent = True
         self.upstream = self.ctx.upstreams[PARENTS]
@@ -285,8 +290,7 @@ class ForwardSession(HttpSession):
                 continue
             allowed.append((family, sockaddr))
         if not allowed:
-            self.ctx.c[C.denied] += 1
-            self._refuse(403, refusal)
+            self._deny(C.denied_destination, refusal)
             return
         # Pooled connections are per destination and egress address, so a
         # reused connection leaves from the address rotation chose.

@@ -83,6 +83,7 @@ _SERVER_HELP = {
 _WORKER_COUNTERS = ("conn_active", "conn_accepted", "requests", "bytes_in", "bytes_out")
 _HEALTH_STATES = ("unknown", "up", "down")
 _COPY_PREFIX = "bytes_copied_"
+_DENIED_PREFIX = "denied_"
 
 
 class _Exposition:
@@ -173,6 +174,9 @@ def _counter_metrics(exp: _Exposition, counters: dict[str, int]) -> None:
         elif name.startswith(_COPY_PREFIX):
             exp.add("fastproxy_bytes_copied_total", "counter", _HELP["bytes_copied"], value,
                     {"reason": name.removeprefix(_COPY_PREFIX)})
+        elif name.startswith(_DENIED_PREFIX):
+            exp.add("fastproxy_denied_total", "counter", _HELP["denied"], value,
+                    {"reason": name.removeprefix(_DENIED_PREFIX)})
         elif name in GAUGES:
             exp.add(f"fastproxy_{name}", "gauge", _HELP[name], value)
         else:

@@ -440,7 +440,10 @@ def test_allow_clients(fresh: Callable[..., ForwardProxy], app: PeerBackend) -> 
     with SourceClient(proxy.port, "127.0.0.3") as client:
         client.send(f"CONNECT {app.address} HTTP/1.1\r\nHost: {app.address}\r\n\r\n".encode())
         assert_refused(client.read_response("CONNECT"), 403, "client not allowed")
-    assert delta(proxy, before, "denied")["denied"] == 2
+    assert delta(proxy, before, "denied", "denied_client", "denied_port",
+                 "denied_destination") == {"denied": 2, "denied_client": 2, "denied_port": 0,
+                                           "denied_destination": 0}
+    assert 'fastproxy_denied_total{reason="client"}' in proxy.metrics()
     assert app.snapshot()[2] == requests_before
     with SourceClient(proxy.port, "127.0.0.2") as client:   # the allowed one
         resp = client.request("GET", f"http://{app.address}/allowed", host=app.address)
@@ -455,7 +458,8 @@ def test_connect_ports(fwd: ForwardProxy, app: PeerBackend, other: HttpBackend) 
     with sock:
         assert status == 403, head
         assert b"port not allowed" in rest + recv_until_eof(sock)
-    assert delta(fwd, before, "denied", "tunnels") == {"denied": 1, "tunnels": 0}
+    assert delta(fwd, before, "denied", "denied_port", "tunnels") == {
+        "denied": 1, "denied_port": 1, "tunnels": 0}
     assert other.snapshot()[0] == accepted
     # the same destination by absolute-form GET: only CONNECT is port-restricted
     resp = proxy_get(fwd.port, f"http://{other.address}/plain")
@@ -485,8 +489,9 @@ def test_default_deny_refuses_loopback_in_every_spelling(
         with sock:
             assert status == 403, head
             assert b"destination denied: loopback" in rest + recv_until_eof(sock)
-    counted = delta(proxy, before, "denied", "forward_requests", "tunnels", "responses_2xx")
-    assert counted["denied"] == len(targets) + 2
+    counted = delta(proxy, before, "denied", "denied_destination", "forward_requests",
+                    "tunnels", "responses_2xx")
+    assert counted["denied"] == counted["denied_destination"] == len(targets) + 2
     assert counted["responses_2xx"] == 0
     assert app.snapshot()[0] == seen_before[0], "a refused request reached the backend"
 
