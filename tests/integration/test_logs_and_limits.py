@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import TIMEOUT, Backend, Proxy, connect, echo_handler, wait_until
+from tests.conftest import TIMEOUT, Backend, Proxy, connect, wait_until
 
 
 def _log_lines(path: Path) -> list[str]:
