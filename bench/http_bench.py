@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import shlex
 import shutil
@@ -68,6 +69,7 @@ FASTPROXY_PORT = 18090
 NGINX_PORT = 18091
 HAPROXY_PORT = 18092
 PROXYPY_PORT = 18093
+DIRECT_CPU1_PORT = 18002  # second backend, on the proxy CPU (direct-cpu1 reference)
 FASTPROXY_ADMIN_PORT = tb.FASTPROXY_ADMIN_PORT  # 19901
 
 PROXYPY_VENV = Path("/tmp/proxypy-venv")
@@ -75,7 +77,7 @@ SMALL_PATH, SMALL_BYTES = "/1k", 1024
 MEDIUM_PATH, MEDIUM_BYTES = "/1m", 1024 * 1024  # not used by a scenario; for manual runs
 BIG_PATH = "/big"
 
-ALL_TARGETS = ("direct", "nginx", "haproxy", "proxypy", "fastproxy")
+ALL_TARGETS = ("direct", "direct-cpu1", "nginx", "haproxy", "proxypy", "fastproxy")
 COMPARED = ("nginx", "haproxy", "proxypy")  # fastproxy/<x> ratio columns
 IDLE_PCT = tb.CONTENTION_PCT
 NOISE_PCT = 15.0  # flag a row when other processes used this much of a CPU (both CPUs summed)
@@ -342,9 +344,41 @@ keepalive = 64
         return path
 
 
+class DirectCpu1Target(Target):
+    """No proxy; a second backend nginx pinned to PROXY_CPU (latency scenario only).
+
+    Every proxied request crosses CPUs (client CPU 0 -> proxy CPU 1 -> backend
+    CPU 0 and back), so each one wakes an idle CPU. On a VM that wake-up has a
+    tail of its own (milliseconds when the host is busy). This target crosses
+    CPUs once each way with no proxy at all: the latency floor of a cross-CPU
+    request on this machine, next to `direct` (everything on CPU 0).
+    """
+
+    name = "direct-cpu1"
+    listen_port = DIRECT_CPU1_PORT
+    only_scenarios = ("latency",)
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+
+    def start(self, upstream_port: int, workdir: Path) -> None:
+        self.backend = Backend(workdir, 1, cpu=PROXY_CPU, port=self.listen_port, name="nginx-cpu1")
+        self.backend.start()
+
+    def stop(self) -> None:
+        if self.backend is not None:
+            self.backend.stop()
+            self.backend = None
+
+    def known_pids(self) -> list[int]:
+        """Processes whose CPU is part of the setup, not 'other work'."""
+        return [self.backend.proc.pid] if self.backend and self.backend.proc else []
+
+
 def make_targets(names: Sequence[str], fastproxy_cmd: Sequence[str]) -> list[Target]:
     factories: dict[str, Any] = {
         "direct": DirectTarget,
+        "direct-cpu1": DirectCpu1Target,
         "nginx": NginxHttpTarget,
         "haproxy": HaproxyHttpTarget,
         "proxypy": ProxypyTarget,
@@ -360,15 +394,25 @@ def make_targets(names: Sequence[str], fastproxy_cmd: Sequence[str]) -> list[Tar
 
 
 class Backend:
-    """nginx on LOAD_CPU serving static files with sendfile from a temp docroot."""
+    """nginx serving static files with sendfile from a temp docroot (CPU 0 by default)."""
 
-    def __init__(self, workdir: Path, big_mib: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        big_mib: int,
+        cpu: int = LOAD_CPU,
+        port: int = BACKEND_PORT,
+        name: str = "nginx-backend",
+    ) -> None:
         self.workdir = workdir
         self.big_bytes = big_mib * 1024 * 1024
+        self.cpu, self.port, self.name = cpu, port, name
         self.proc: ManagedProcess | None = None
 
     def make_docroot(self) -> Path:
         root = self.workdir / "www"
+        if (root / BIG_PATH.lstrip("/")).exists():
+            return root  # made by the main backend already
         root.mkdir(exist_ok=True)
         pattern = (b"fastproxy-http-bench-0123456789\n" * 32768)[: 1024 * 1024]  # 1 MiB
         (root / SMALL_PATH.lstrip("/")).write_bytes(pattern[:SMALL_BYTES])
@@ -381,13 +425,13 @@ class Backend:
 
     def start(self) -> None:
         root = self.make_docroot()
-        conf = self.workdir / "nginx-backend.conf"
+        conf = self.workdir / f"{self.name}.conf"
         conf.write_text(
             f"""worker_processes 1;
 worker_rlimit_nofile 16384;
 daemon off;
-pid {self.workdir}/nginx-backend.pid;
-error_log {self.workdir}/nginx-backend.error.log warn;
+pid {self.workdir}/{self.name}.pid;
+error_log {self.workdir}/{self.name}.error.log warn;
 events {{ worker_connections 8192; }}
 http {{
     access_log off;
@@ -397,9 +441,9 @@ http {{
     keepalive_requests 100000000;
     keepalive_timeout 75s;
     default_type application/octet-stream;
-    client_body_temp_path {self.workdir}/nginx-backend-body;
+    client_body_temp_path {self.workdir}/{self.name}-body;
     server {{
-        listen {HOST}:{BACKEND_PORT} backlog=4096;
+        listen {HOST}:{self.port} backlog=4096;
         root {root};
         location = / {{ return 200 "ok\\n"; }}
     }}
@@ -407,17 +451,19 @@ http {{
 """
         )
         self.proc = ManagedProcess(
-            "http-backend",
-            pinned(LOAD_CPU, ["nginx", "-p", str(self.workdir), "-c", str(conf), "-e", "stderr"]),
-            self.workdir / "nginx-backend.log",
+            self.name,
+            pinned(self.cpu, ["nginx", "-p", str(self.workdir), "-c", str(conf), "-e", "stderr"]),
+            self.workdir / f"{self.name}.log",
         )
-        start_and_wait(self.proc, BACKEND_PORT)
+        start_and_wait(self.proc, self.port)
         # read the big file once so that every target gets it from the page cache
         with open(root / BIG_PATH.lstrip("/"), "rb") as fh:
             while fh.read(1 << 22):
                 pass
-        if not serves_small(BACKEND_PORT):
-            raise RuntimeError(f"backend does not serve {SMALL_PATH}: {self.proc.log_tail()}")
+        if not serves_small(self.port):
+            tail = self.proc.log_tail()
+            self.stop()
+            raise RuntimeError(f"{self.name} does not serve {SMALL_PATH}: {tail}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -452,6 +498,15 @@ class WrkHttpScenario(tb.WrkScenario):
         if self.new_connections:
             argv += ["-H", "Connection: close"]
         return pinned(LOAD_CPU, [*argv, f"http://{HOST}:{port}{self.path}"])
+
+    def run(self, port: int, meter: Meter) -> RunResult:
+        result = super().run(port, meter)
+        out = result.details.get("wrk_output", "")
+        for pct in ("75", "90"):  # tcp_bench's parser keeps p50 and p99 only
+            lat = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
+            if lat:
+                result.details[f"latency_p{pct}_ms"] = tb._ms(lat.group(1))
+        return result
 
 
 class DownloadScenario(Scenario):
@@ -579,20 +634,24 @@ class HttpMeter(Meter):
       connects) over the run.
     """
 
-    def __init__(self, target: Target, backend_pid: int | None) -> None:
+    def __init__(self, target: Target, backend_pids: Sequence[int]) -> None:
         super().__init__(target)
-        self.backend_pid = backend_pid
+        self.backend_pids = list(backend_pids)
+
+    def backend_runtime(self) -> dict[str, float]:
+        runtime: dict[str, float] = {}
+        for pid in self.backend_pids:
+            tree = tb.tree_cpu_seconds(pid)["runtime"]
+            runtime.update({f"{pid}/{key}": value for key, value in tree.items()})
+        return runtime
 
     def begin(self) -> None:
         super().begin()
-        self.backend_tree_before = (
-            tb.tree_cpu_seconds(self.backend_pid)["runtime"] if self.backend_pid else {}
-        )
+        self.backend_tree_before = self.backend_runtime()
         self.own_before = own_cpu_seconds()
 
     def end(self) -> None:
-        after = tb.tree_cpu_seconds(self.backend_pid)["runtime"] if self.backend_pid else {}
-        self.backend_cpu = tb.cpu_delta(self.backend_tree_before, after)
+        self.backend_cpu = tb.cpu_delta(self.backend_tree_before, self.backend_runtime())
         own = own_cpu_seconds()
         self.harness_cpu = own[0] - self.own_before[0]
         self.loadgen_cpu = own[1] - self.own_before[1]
@@ -630,7 +689,8 @@ def measure(target: Target, scenario: Scenario, backend_pid: int | None) -> dict
     if warm.error:
         return tb.skipped_row(target.name, scenario, f"warm-up failed: {warm.error}")
     time.sleep(0.2)
-    meter = HttpMeter(target, backend_pid)
+    known = [backend_pid] if backend_pid else []
+    meter = HttpMeter(target, known + list(getattr(target, "known_pids", list)()))
     result = scenario.run(target.listen_port, meter)
     window = meter.row()
     ok = result.error is None and result.seconds > 0
@@ -666,6 +726,8 @@ def run_target(
     target: Target, scenarios: Sequence[Scenario], workdir: Path, backend_pid: int | None
 ) -> list[dict[str, Any]]:
     """Start the target once, run every scenario through it, stop it."""
+    wanted = getattr(target, "only_scenarios", None)
+    scenarios = [s for s in scenarios if wanted is None or s.name in wanted]
     try:
         target.start(BACKEND_PORT, workdir)
     except (RuntimeError, OSError) as exc:
@@ -706,6 +768,8 @@ def run_target(
 
 
 def notes(row: dict[str, Any]) -> str:
+    if row["target"] == "direct-cpu1":  # its backend is on CPU 1: that is not other work
+        row = {**row, "cpu1_busy_pct": None}
     parts = [tb.notes(row)] if tb.notes(row) else []
     parts += row.get("proxy_notes", [])
     foreign = row.get("foreign_cpu_pct")
@@ -761,24 +825,28 @@ def ratio_table(rows: Sequence[dict[str, Any]], scenarios: Sequence[Scenario]) -
 
 
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Scenario (d): p50/p99 per target and what the proxy adds over direct."""
+    """Scenario (d): p50/p90/p99 per target and what the proxy adds over the references."""
     lat = {r["target"]: r.get("details", {}) for r in rows if r["scenario"] == "latency"}
-    base = lat.get("direct", {})
+    base, xcpu = lat.get("direct", {}), lat.get("direct-cpu1", {})
     lines = [
-        "| c1 latency, GET 1 KiB | p50 ms | p99 ms | added p50 over direct | added p99 over direct |",
-        "|---|--:|--:|--:|--:|",
+        (
+            "| c1 latency, GET 1 KiB | p50 ms | p90 ms | p99 ms | added p50 over direct "
+            "| added p99 over direct | added p99 over direct-cpu1 |"
+        ),
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
 
-    def added(d: dict[str, Any], key: str) -> str:
-        if key in d and key in base:
-            return f"{1000 * (d[key] - base[key]):+.0f} µs"
-        return "n/a"
+    def added(d: dict[str, Any], ref: dict[str, Any], key: str) -> str:
+        if d is ref or key not in d or key not in ref:
+            return "—"
+        return f"{1000 * (d[key] - ref[key]):+,.0f} µs"
 
     for target, d in lat.items():
         lines.append(
-            f"| {target} | {fmt(d.get('latency_p50_ms'), 3)} | {fmt(d.get('latency_p99_ms'), 3)} "
-            f"| {added(d, 'latency_p50_ms') if target != 'direct' else '—'} "
-            f"| {added(d, 'latency_p99_ms') if target != 'direct' else '—'} |"
+            f"| {target} | {fmt(d.get('latency_p50_ms'), 3)} | {fmt(d.get('latency_p90_ms'), 3)} "
+            f"| {fmt(d.get('latency_p99_ms'), 3)} "
+            f"| {added(d, base, 'latency_p50_ms')} | {added(d, base, 'latency_p99_ms')} "
+            f"| {added(d, xcpu, 'latency_p99_ms') if target.startswith(COMPARED + ('fastproxy',)) else '—'} |"
         )
     return "\n".join(lines)
 
