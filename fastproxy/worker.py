@@ -98,6 +98,7 @@ class UpstreamRuntime:
         self.fails = [0] * n
         self.down_until = [0.0] * n
         self._checked: list[bool] = []
+        self.marked_at = [0.0] * len(config.servers)  # unix time of each passive mark
         self._usable: list[bool] = []
         self._usable_until = 0.0
         self.balancer = make_balancer(config.balance,
@@ -116,8 +117,16 @@ class UpstreamRuntime:
     def _refresh_usable(self, now: float) -> None:
         """Re-read the health verdicts (shared memory) and passive marks; at
         most every USABLE_TTL, and at once after a passive mark changes."""
-        health = self.ctx.segment.server_health
-        self._checked = [health(i) != 2 for i in self.shm]
+        segment = self.ctx.segment
+        verdicts = [segment.server_health(i) for i in self.shm]
+        for i, verdict in enumerate(verdicts):
+            # An active check that saw the server (come back) up after it was
+            # passively marked overrules the mark.
+            if (self.down_until[i] > now and verdict == 1
+                    and segment.server_health_since(self.shm[i]) > self.marked_at[i]):
+                self.down_until[i] = 0.0
+                self.fails[i] = 0
+        self._checked = [v != 2 for v in verdicts]
         self._usable = [ok and until <= now for ok, until in zip(self._checked, self.down_until)]
         marks = [until for until in self.down_until if until > now]
         self._usable_until = min([now + USABLE_TTL, *marks])
@@ -130,6 +139,7 @@ class UpstreamRuntime:
         self.fails[i] += 1
         if self.fails[i] >= PASSIVE_FAILS:
             self.down_until[i] = self.ctx.reactor.now + PASSIVE_DOWN_SECONDS
+            self.marked_at[i] = time.time()
             self._usable_until = 0.0
 
     def record_success(self, i: int) -> None:
@@ -168,6 +178,7 @@ class WorkerContext:
         self.c = self.slot.c
         self.pool = PipePool(spec.pipe_cap, spec.pipe_size, self.c)
         self.idle = IdlePool(self.reactor)
+        self.parked: dict[str, int] = {}  # upstream -> connections parked in HTTP sessions
         self.resolver: Resolver | None = None  # made by the first forward listener
         self.access = AccessLog(spec.config.log)
         self.sessions: set[Session] = set()

@@ -512,7 +512,7 @@ class HttpSession:
         if self.parked is not None:
             p_upstream, p_server, p_sock = self.parked
             if p_upstream is self.upstream and p_server == self.server and self.reuse_ok:
-                self.parked = None
+                self._unpark()
                 self.reused = True
                 self.up = p_sock
                 self.ufd = p_sock.fileno()
@@ -635,7 +635,7 @@ class HttpSession:
         reusable = (self.response.keep_alive and self.req_done
                     and self.resp is not None and not self.resp.buffered)
         self._log(self.response.status, self.resp_bytes)
-        if reusable and self.client_keepalive and not self.client_eof:
+        if reusable and self.client_keepalive and not self.client_eof and self._may_park():
             self._park()
         else:
             self._drop_upstream(reusable)
@@ -726,18 +726,34 @@ class HttpSession:
         else:
             self._close_upstream_socket()
 
+    def _may_park(self) -> bool:
+        """Parked and pooled connections together stay within ``keepalive``
+        per upstream and worker: beyond it the connection goes to the pool,
+        which evicts its oldest."""
+        assert self.upstream is not None
+        name = self.upstream.config.name
+        held = self.ctx.parked.get(name, 0) + self.ctx.idle.count(name)
+        return held < self.upstream.config.keepalive
+
     def _park(self) -> None:
         assert self.up is not None and self.upstream is not None
         self._uncount_active()
         self.parked = (self.upstream, self.server, self.up)
+        name = self.upstream.config.name
+        self.ctx.parked[name] = self.ctx.parked.get(name, 0) + 1
         self.up = None
         self.ufd = -1
+
+    def _unpark(self) -> tuple[UpstreamRuntime, int, socket.socket]:
+        assert self.parked is not None
+        parked, self.parked = self.parked, None
+        self.ctx.parked[parked[0].config.name] -= 1
+        return parked
 
     def _unpark_to_pool(self) -> None:
         if self.parked is None:
             return
-        upstream, server, sock = self.parked
-        self.parked = None
+        upstream, server, sock = self._unpark()
         fd = sock.fileno()
         registered = bool(self.masks.pop(fd, 0))
         self.ctx.idle.put((upstream.config.name, server), sock, upstream.config.keepalive,
@@ -746,8 +762,7 @@ class HttpSession:
     def _drop_parked(self) -> None:
         if self.parked is None:
             return
-        sock = self.parked[2]
-        self.parked = None
+        sock = self._unpark()[2]
         if self.masks.pop(sock.fileno(), 0):
             self.ctx.reactor.forget(sock.fileno())
         sock.close()

@@ -109,6 +109,7 @@ SLOT_HEADER_SIZE = 64                       # state, pid, generation, start, hea
 RING_TAG_SIZE = 64                          # used, generation
 _U64_MAX = (1 << 64) - 1
 _U64 = struct.Struct("<Q")
+_F64 = struct.Struct("<d")
 
 # A change of any name or bound changes the hash, so a reader built from other
 # tuples refuses the segment instead of mislabelling its numbers.
@@ -497,6 +498,13 @@ class Segment:
             raise IndexError(f"stats server {index} out of range")
         off = self.layout.server_offset(index) + _SERVER["health"][1]
         return int(_U64.unpack_from(self._mv, off)[0])
+
+    def server_health_since(self, index: int) -> float:
+        """When (unix time) server ``index`` entered its current health state."""
+        if not 0 <= index < self.layout.max_servers:
+            raise IndexError(f"stats server {index} out of range")
+        off = self.layout.server_offset(index) + _SERVER["health_changed_at"][1]
+        return float(_F64.unpack_from(self._mv, off)[0])
 
     def _slot_base(self, index: int) -> int:
         if not 0 <= index < self.layout.max_slots:

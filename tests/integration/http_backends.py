@@ -122,6 +122,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are written separately
     timeout = SOCKET_TIMEOUT
     server: _Server
 
