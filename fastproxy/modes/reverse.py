@@ -583,12 +583,16 @@ class HttpSession:
     def _upstream_io_error(self, exc: OSError) -> None:
         """The upstream connection failed while forwarding."""
         no_body = self.parser.body_kind is BodyKind.NONE or not self.parser.content_length
-        retry = (self.reused and self.resp_bytes == 0 and no_body and self.req_done
+        retry = (self.resp_bytes == 0 and no_body and self.req_done
                  and self.request is not None and self.request.method in _IDEMPOTENT)
-        if retry:  # a pooled connection the server had closed: the same server, fresh
+        if retry:  # nothing came back: safe to send the request again (nginx's "error")
             self._close_upstream_socket()
             self.uout = bytearray(self.head)
-            self.attempts -= 1
+            if self.reused:
+                self.attempts -= 1  # the server had closed a pooled connection: same server, fresh
+            else:
+                assert self.upstream is not None
+                self.upstream.record_failure(self.server)
             self._next_server()
             return
         self._upstream_failed(502, f"upstream connection failed: {exc.strerror or exc}")
