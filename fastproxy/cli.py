@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"fastproxy: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except _NotRunning as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return EXIT_START
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -149,11 +152,7 @@ def _running(pid: int) -> bool:
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
-    try:
-        pid = _master_pid(args)
-    except _NotRunning as exc:
-        print(f"fastproxy: {exc}", file=sys.stderr)
-        return EXIT_START
+    pid = _master_pid(args)
     if args.command == "reload":
         return _reload(pid, args.timeout if args.timeout is not None else 120.0)
     os.kill(pid, _SIGNAL_COMMANDS[args.command])
@@ -215,11 +214,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from fastproxy.stats.export import to_json, to_table
     from fastproxy.stats.procinfo import process_info
 
-    try:
-        pid = _master_pid(args)
-    except _NotRunning as exc:
-        print(f"fastproxy: {exc}", file=sys.stderr)
-        return EXIT_START
+    pid = _master_pid(args)
     with _attach(pid) as segment:
         while True:
             snap = segment.snapshot()
