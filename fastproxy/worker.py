@@ -178,7 +178,6 @@ class WorkerContext:
         self.c = self.slot.c
         self.pool = PipePool(spec.pipe_cap, spec.pipe_size, self.c)
         self.idle = IdlePool(self.reactor)
-        self.parked: dict[str, int] = {}  # upstream -> connections parked in HTTP sessions
         self.resolver: Resolver | None = None  # made by the first forward listener
         self.access = AccessLog(spec.config.log)
         self.sessions: set[Session] = set()

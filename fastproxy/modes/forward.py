@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from fastproxy.config import Listener
     from fastproxy.worker import WorkerContext
 
-KEEPALIVE_PER_DESTINATION = 8
+KEEPALIVE_PER_DESTINATION = 32
+_CACHE_MAX = 10_000   # per-worker caches of literal destinations and verdicts
 _CONNECTED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
 
@@ -109,6 +110,9 @@ class ForwardMode(HttpMode):
         self.auth = Authenticator.from_config(forward)
         self.sources = list(forward.source_addresses)
         self.parents = parent_proxies(forward)
+        self._literals: dict[tuple[str, int], list[tuple[int, Any]] | None] = {}
+        self._verdicts: dict[tuple[str, str], str | None] = {}
+        self._destinations: dict[tuple[str, tuple[Any, ...]], Destination] = {}
         self._next_source = 0
         if ctx.resolver is None:
             ctx.resolver = Resolver(ctx.reactor, forward.dns_cache_ttl, counters=ctx.c)
@@ -119,6 +123,46 @@ class ForwardMode(HttpMode):
         if initial:
             session.parser.receive_data(initial)
         session.start()
+
+    def literal(self, host: str, port: int) -> list[tuple[int, Any]] | None:
+        """``[(family, sockaddr)]`` when ``host`` is an IP address, else None."""
+        key = (host, port)
+        found = self._literals.get(key, False)
+        if found is False:
+            ip = parse_ip(host.strip("[]"))
+            found = None if ip is None else [
+                (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (str(ip), port))]
+            self._remember(self._literals, key, found)
+        return found  # type: ignore[return-value]
+
+    def verdict(self, ip: str, host: str) -> str | None:
+        """The guard's refusal reason for connecting to ``ip`` (for ``host``),
+        or None when allowed; the policy is fixed for a worker, so cached."""
+        key = (ip, host)
+        if key not in self._verdicts:
+            try:
+                self.policy.check_address(ip, host)
+                reason = None
+            except Denied as exc:
+                reason = exc.reason
+            self._remember(self._verdicts, key, reason)
+        return self._verdicts[key]
+
+    def destination(self, name: str, allowed: list[tuple[int, Any]]) -> Destination:
+        """One Destination object per name and address set, so that a client's
+        attached connection is recognised on its next request."""
+        key = (name, tuple(allowed))
+        found = self._destinations.get(key)
+        if found is None:
+            found = Destination(name, allowed)
+            self._remember(self._destinations, key, found)
+        return found
+
+    @staticmethod
+    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = value
 
     def source_for(self, client_ip: str) -> str | None:
         """The egress address for a new connection, per ``rotation``."""
@@ -234,6 +278,10 @@ class ForwardSession(HttpSession):
         if self.mode.parents:
             self._via_parents()
             return
+        literal = self.mode.literal(self.dest_host, self.dest_port)
+        if literal is not None:  # an IP address: no resolver round trip
+            self._connect_allowed(literal)
+            return
         self.lookup = self.mode.resolver.resolve(self.dest_host, self.dest_port, self._resolved)
 
     def _via_parents(self) -> None:
@@ -283,12 +331,11 @@ class ForwardSession(HttpSession):
         allowed: list[tuple[int, Any]] = []
         refusal = "destination not allowed"
         for family, sockaddr in addresses:
-            try:
-                self.mode.policy.check_address(sockaddr[0], self.dest_host)
-            except Denied as exc:
-                refusal = exc.reason
-                continue
-            allowed.append((family, sockaddr))
+            reason = self.mode.verdict(sockaddr[0], self.dest_host)
+            if reason is None:
+                allowed.append((family, sockaddr))
+            else:
+                refusal = reason
         if not allowed:
             self._deny(C.denied_destination, refusal)
             return
@@ -296,8 +343,8 @@ class ForwardSession(HttpSession):
         # reused connection leaves from the address rotation chose.
         self.source = self.mode.source_for(self.addr[0])
         name = f"{self.dest_host}:{self.dest_port}"
-        destination = Destination(name if self.source is None else f"{name}@{self.source}",
-                                  allowed)
+        destination = self.mode.destination(
+            name if self.source is None else f"{name}@{self.source}", allowed)
         self.upstream = destination  # type: ignore[assignment]
         self.candidates = destination.candidates(self.addr[0])
         self._next_server()

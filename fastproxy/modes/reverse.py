@@ -89,6 +89,9 @@ MAX_BUFFER = 256 * 1024      # stop reading a side while the other's output hold
 # copy vs splice: 128 KiB 136 vs 151 us, 256 KiB 249 vs 193 us, 1 MiB 828 vs
 # 526 us, 4 MiB 3743 vs 2211 us.
 SPLICE_MIN = 256 * 1024
+# A client idle this long between requests gives its attached upstream
+# connection back to the pool, where ``keepalive`` bounds the idle ones.
+PARK_SECONDS = 1.0
 _RESPONSE_CLASS = {1: C.responses_1xx, 2: C.responses_2xx, 3: C.responses_3xx,
                    4: C.responses_4xx, 5: C.responses_5xx}
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -223,6 +226,8 @@ class HttpSession:
     def _check_timeouts(self, now: float) -> None:
         timeouts = self.mode.listener.timeouts
         if self.phase is Phase.HEAD:
+            if self.parked is not None and now - self.last_client >= PARK_SECONDS:
+                self._unpark_to_pool()  # an idle client keeps no upstream connection
             if self.parser.buffered:  # a head has begun: slowloris guard
                 if now - self.head_started >= timeouts.client_header:
                     self._fail(408, "request head not received in time")
@@ -643,7 +648,7 @@ class HttpSession:
         reusable = (self.response.keep_alive and self.req_done
                     and self.resp is not None and not self.resp.buffered)
         self._log(self.response.status, self.resp_bytes)
-        if reusable and self.client_keepalive and not self.client_eof and self._may_park():
+        if reusable and self.client_keepalive and not self.client_eof:
             self._park()
         else:
             self._drop_upstream(reusable)
@@ -734,28 +739,16 @@ class HttpSession:
         else:
             self._close_upstream_socket()
 
-    def _may_park(self) -> bool:
-        """Parked and pooled connections together stay within ``keepalive``
-        per upstream and worker: beyond it the connection goes to the pool,
-        which evicts its oldest."""
-        assert self.upstream is not None
-        name = self.upstream.config.name
-        held = self.ctx.parked.get(name, 0) + self.ctx.idle.count(name)
-        return held < self.upstream.config.keepalive
-
     def _park(self) -> None:
         assert self.up is not None and self.upstream is not None
         self._uncount_active()
         self.parked = (self.upstream, self.server, self.up)
-        name = self.upstream.config.name
-        self.ctx.parked[name] = self.ctx.parked.get(name, 0) + 1
         self.up = None
         self.ufd = -1
 
     def _unpark(self) -> tuple[UpstreamRuntime, int, socket.socket]:
         assert self.parked is not None
         parked, self.parked = self.parked, None
-        self.ctx.parked[parked[0].config.name] -= 1
         return parked
 
     def _unpark_to_pool(self) -> None:

@@ -73,10 +73,6 @@ class IdlePool:
         self._per_upstream[key[0]] = self._per_upstream.get(key[0], 0) + 1
         self.size += 1
 
-    def count(self, upstream: str) -> int:
-        """Idle connections held for ``upstream``."""
-        return self._per_upstream.get(upstream, 0)
-
     def expire(self, now: float) -> None:
         for queue in list(self._by_key.values()):
             while queue and now - queue[0].since >= IDLE_SECONDS:
