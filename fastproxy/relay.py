@@ -238,6 +238,9 @@ class Relay:
         if self.closed:  # closed earlier in this pass
             return
         self.last_active = self.reactor.now
+        if mask == EVENT_READ and not reader.bulk and not reader.pending and not reader.eof:
+            self._small_read(reader)  # the common case of small messages, kept short
+            return
         try:
             if mask & EVENT_WRITE and writer.pending:
                 self._flush(writer)
@@ -252,6 +255,22 @@ class Relay:
             return
         # A read that was fully written changes no interest: skip the work.
         if not self.closed and (reader.pending or reader.eof or mask & EVENT_WRITE):
+            self._update_interest()
+
+    def _small_read(self, half: _Half) -> None:
+        """One copy round; anything unusual (a full buffer, a short write,
+        EOF) continues on the general path."""
+        try:
+            n = self._copy_round(half, C.bytes_copied_small if half.splice_ok
+                                 else C.bytes_copied_unsupported)
+            if n == COPY_BUFFER and not half.pending:
+                if half.splice_ok:
+                    half.bulk = True
+                self._pump(half)
+        except OSError as exc:
+            self.close("reset" if exc.errno in _RESET_ERRNOS else "error")
+            return
+        if not self.closed and (half.pending or half.eof):
             self._update_interest()
 
     def _after_flush(self, half: _Half) -> None:
