@@ -55,8 +55,11 @@ F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 MAX_ROUNDS = 4
 # Scratch buffer for copied reads; a read that fills it switches a half to splice.
 COPY_BUFFER = 65536
-# A spliced read shorter than this switches the half back to copying.
+# A spliced read shorter than this counts as small; SMALL_READS of them in
+# a row switch the half back to copying (one short read in a bulk transfer
+# only means the proxy caught up with the sender).
 SMALL_READ = 16384
+SMALL_READS = 8
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT,
                            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED})
@@ -127,8 +130,8 @@ class _Half:
     """One direction of a relay; see the module rules."""
 
     __slots__ = ("src", "dst", "src_fd", "dst_fd", "pipe", "pending", "leftover", "eof",
-                 "done", "splice_ok", "bulk", "moved", "read_counter", "write_counter",
-                 "copy_reason")
+                 "done", "splice_ok", "bulk", "shorts", "moved", "read_counter",
+                 "write_counter", "copy_reason")
 
     def __init__(self, src: socket.socket, dst: socket.socket,
                  read_counter: int, write_counter: int, splice: bool) -> None:
@@ -143,6 +146,7 @@ class _Half:
         self.done = False               # FIN passed on to dst
         self.splice_ok = splice         # False once the kernel refused (EINVAL)
         self.bulk = False               # reads fill buffers: splice them
+        self.shorts = 0                 # short spliced reads in a row
         self.moved = 0                  # bytes written to dst
         self.read_counter = read_counter
         self.write_counter = write_counter
@@ -330,7 +334,12 @@ class Relay:
             self.pool.put(pipe)
             half.pipe = None
             if n < SMALL_READ:
-                half.bulk = False
+                half.shorts += 1
+                if half.shorts >= SMALL_READS:
+                    half.bulk = False
+                    half.shorts = 0
+            else:
+                half.shorts = 0
             return False
         return True
 
