@@ -232,19 +232,26 @@ class Relay:
 
     # -- events --------------------------------------------------------------
     def _on_client(self, mask: int) -> None:
-        self._on_event(mask, self.up, self.down)
+        up = self.up
+        if mask == EVENT_READ and not (up.bulk or up.pending or up.eof or self.closed):
+            self.last_active = self.reactor.now
+            self._small_read(up)  # the common case, without the general dispatch
+        else:
+            self._on_event(mask, up, self.down)
 
     def _on_upstream(self, mask: int) -> None:
-        self._on_event(mask, self.down, self.up)
+        down = self.down
+        if mask == EVENT_READ and not (down.bulk or down.pending or down.eof or self.closed):
+            self.last_active = self.reactor.now
+            self._small_read(down)
+        else:
+            self._on_event(mask, down, self.up)
 
     def _on_event(self, mask: int, reader: _Half, writer: _Half) -> None:
         """``reader`` reads from this fd; ``writer`` writes to it."""
         if self.closed:  # closed earlier in this pass
             return
         self.last_active = self.reactor.now
-        if mask == EVENT_READ and not reader.bulk and not reader.pending and not reader.eof:
-            self._small_read(reader)  # the common case of small messages, kept short
-            return
         try:
             if mask & EVENT_WRITE and writer.pending:
                 self._flush(writer)
@@ -358,7 +365,7 @@ class Relay:
         c = self.c
         c[half.read_counter] += n
         try:
-            sent = half.dst.send(scratch[:n])
+            sent = half.dst.send(scratch[:n] if n < COPY_BUFFER else scratch)
         except BlockingIOError:
             sent = 0
         if sent:
