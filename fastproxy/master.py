@@ -19,6 +19,10 @@ So a reload refuses and resets nothing. A reload whose config is invalid, or
 whose new listen address cannot be bound, changes nothing and reports the
 error (``fastproxy reload`` reads it from the stats header).
 
+Size: about 590 lines, over the 500 budget: generations, reload, slot
+retirement, respawn and shutdown all act on the same worker table, and their
+decisions already live apart as pure functions in ``arbiter``.
+
 Signals are dispatched from the loop (``Reactor.handle_signals``): HUP
 reload, TERM/INT fast stop, QUIT graceful stop, USR1 reopen logs, TTIN/TTOU
 one worker more/fewer, CHLD reap. A worker that dies unexpectedly is
@@ -41,13 +45,14 @@ from typing import TYPE_CHECKING
 
 from fastproxy import arbiter
 from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
-from fastproxy.config import Config, all_upstreams
+from fastproxy.config import Config
 from fastproxy.errors import ConfigError
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
 from fastproxy.stats.shm import Segment, SlotState, segment_path
 from fastproxy.upstream.health import HealthChecker
+from fastproxy.upstream.parents import all_upstreams
 from fastproxy.worker import Worker, WorkerSpec
 
 if TYPE_CHECKING:

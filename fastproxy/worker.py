@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fastproxy.config import Config, Listener, Upstream, all_upstreams
+from fastproxy.config import Config, Listener, Upstream
 from fastproxy.log import AccessLog, setup_error_log
 from fastproxy.modes.preamble import Preamble
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
@@ -37,6 +37,7 @@ from fastproxy.relay import PipePool
 from fastproxy.resolver import Resolver
 from fastproxy.stats.shm import N_SERVER_COUNTERS, C, S, Segment, SlotState, SlotView
 from fastproxy.upstream.balance import make_balancer
+from fastproxy.upstream.parents import all_upstreams
 from fastproxy.upstream.pool import IdlePool
 
 log = logging.getLogger("fastproxy")

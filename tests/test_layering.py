@@ -20,7 +20,7 @@ PURE = {"fastproxy.config", "fastproxy.errors", "fastproxy.arbiter",
         "fastproxy.stats.shm", "fastproxy.stats.export", "fastproxy.upstream.balance",
         "fastproxy.http", "fastproxy.http.events", "fastproxy.http.framing",
         "fastproxy.http.headers", "fastproxy.http.state", "fastproxy.http.syntax",
-        "fastproxy.proxyproto", "fastproxy.acl"}
+        "fastproxy.proxyproto", "fastproxy.acl", "fastproxy.upstream.parents"}
 FORBIDDEN = {"socket", "selectors", "signal", "select", "subprocess", "multiprocessing"}
 
 

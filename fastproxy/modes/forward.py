@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastproxy.acl import Authenticator, Denied, Policy, parse_ip
-from fastproxy.config import PARENTS, parent_proxies
 from fastproxy.errors import ProtocolError
 from fastproxy.http import (
     Field,
@@ -50,10 +49,11 @@ from fastproxy.http import (
     remove_hop_by_hop,
     serialize_request,
 )
-from fastproxy.modes.httpcommon import REASONS, error_response
-from fastproxy.modes.reverse import HttpMode, HttpSession, Phase
+from fastproxy.modes.httpcommon import REASONS, Phase, error_response
+from fastproxy.modes.reverse import HttpMode, HttpSession
 from fastproxy.resolver import Cancel, Resolver
 from fastproxy.stats.shm import C
+from fastproxy.upstream.parents import PARENTS, parent_proxies
 
 if TYPE_CHECKING:
     from fastproxy.config import Listener

@@ -3,12 +3,29 @@ to upstreams, and the access-log line for one exchange."""
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from dataclasses import dataclass
 
 from fastproxy.config import Limits, Route
 from fastproxy.http import Limits as HttpLimits
+from fastproxy.http import Request, serialize_request
+
+READ_SIZE = 65536
+MAX_BUFFER = 256 * 1024      # stop reading a side while the other's output holds this
+
+
+class Phase(enum.Enum):
+    """Where an HTTP session stands (``reverse.HttpSession``)."""
+
+    HEAD = "head"            # reading a request head
+    CONNECT = "connect"      # connecting to an upstream
+    FORWARD = "forward"      # exchanging with the upstream
+    CLOSING = "closing"      # flushing a last response, then close
+    TUNNEL = "tunnel"        # a Relay owns both sockets
+    CLOSED = "closed"
+
 
 REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -27,6 +44,17 @@ def error_response(status: int, detail: str = "", *, extra: bytes = b"") -> byte
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nCache-Control: no-store\r\n%sConnection: close\r\n\r\n%s"
             % (status, reason.encode(), len(data), extra, data))
+
+
+def max_forwards_answer(request: Request) -> bytes:
+    """The proxy's own answer to OPTIONS or TRACE with ``Max-Forwards: 0``
+    (RFC 9110 §7.6.2): TRACE echoes the request head as message/http."""
+    if request.method == b"TRACE":
+        body = serialize_request(request)
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d\r\n\r\n"
+                % len(body) + body)
+    return (b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\n"
+            b"Content-Length: 0\r\n\r\n")
 
 
 def parser_limits(limits: Limits) -> HttpLimits:

@@ -23,6 +23,11 @@ in order). An exchange:
    messages were complete and the server keeps it alive; the client
    connection is kept alive unless either side asked to close.
 
+Size: about 700 lines, over the 500 budget, because one exchange's state
+(two parsers, two buffers, two movers, timeouts) is a single object whose
+transitions are easiest to check side by side; the upstream connection's
+bookkeeping lives apart, in ``upstreamlink``.
+
 A 101 answer to an Upgrade request hands both sockets to a ``Relay``.
 Reads on a side pause while the other side's output buffer holds
 ``MAX_BUFFER`` bytes (back-pressure). Timeouts are checked by the worker's
@@ -32,8 +37,6 @@ upstream_read (504, or abort once the response has begun).
 
 from __future__ import annotations
 
-import enum
-import errno
 import functools
 import logging
 import socket
@@ -66,12 +69,17 @@ from fastproxy.http import (
     upgrade_protocols,
 )
 from fastproxy.modes.httpcommon import (
+    MAX_BUFFER,
+    READ_SIZE,
     CompiledRoute,
+    Phase,
     access_line,
     error_response,
     host_of,
+    max_forwards_answer,
     parser_limits,
 )
+from fastproxy.modes.upstreamlink import UpstreamLink
 from fastproxy.reactor import EVENT_READ, EVENT_WRITE
 from fastproxy.relay import DONE, Mover, Relay, set_reset
 from fastproxy.stats.shm import C, H
@@ -82,8 +90,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastproxy")
 
-READ_SIZE = 65536
-MAX_BUFFER = 256 * 1024      # stop reading a side while the other's output holds this
 # Known-length bodies from this size bypass the parser and move with splice.
 # Measured (bench/RESULTS.md, "splice threshold"): proxy CPU per response,
 # copy vs splice: 128 KiB 136 vs 151 us, 256 KiB 249 vs 193 us, 1 MiB 828 vs
@@ -94,16 +100,6 @@ SPLICE_MIN = 256 * 1024
 PARK_SECONDS = 1.0
 _RESPONSE_CLASS = {1: C.responses_1xx, 2: C.responses_2xx, 3: C.responses_3xx,
                    4: C.responses_4xx, 5: C.responses_5xx}
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-
-
-class Phase(enum.Enum):
-    HEAD = "head"            # reading a request head
-    CONNECT = "connect"      # connecting to an upstream
-    FORWARD = "forward"      # exchanging with the upstream
-    CLOSING = "closing"      # flushing a last response, then close
-    TUNNEL = "tunnel"        # a Relay owns both sockets
-    CLOSED = "closed"
 
 
 class HttpMode:
@@ -133,7 +129,7 @@ class HttpMode:
         return self.default
 
 
-class HttpSession:
+class HttpSession(UpstreamLink):
     """One client connection; see the module docstring."""
 
     def __init__(self, mode: HttpMode, client: socket.socket, addr: tuple[str, int]) -> None:
@@ -311,27 +307,6 @@ class HttpSession:
             self.ctx.c[C.bytes_in] += len(data)
         self.parser.receive_data(data)
 
-    def _read_upstream(self) -> None:
-        assert self.up is not None and self.resp is not None
-        if self.resp_mover is not None:
-            self.last_upstream = self.ctx.reactor.now
-            self._step_resp_mover()
-            return
-        try:
-            data = self.up.recv(READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._upstream_io_error(exc)
-            return
-        if not data and self.resp_bytes == 0:
-            self._upstream_io_error(ConnectionResetError(errno.ECONNRESET, "closed without a response"))
-            return
-        self.last_upstream = self.ctx.reactor.now
-        self.ctx.c[C.upstream_bytes_in] += len(data)
-        self.resp_bytes += len(data)
-        self.resp.receive_data(data)
-
     # -- driving the parsers --------------------------------------------------------
     def _drive(self) -> None:
         """Parse as far as the buffered bytes go, then write.
@@ -493,122 +468,11 @@ class HttpSession:
 
     def _answer_locally(self, request: Request) -> None:
         """OPTIONS/TRACE with Max-Forwards: 0 (RFC 9110 §7.6.2)."""
-        if request.method == b"TRACE":
-            body = serialize_request(request)
-            head = b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d\r\n\r\n" % len(body)
-            self.cout += head + body
-        else:
-            self.cout += b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        self.cout += max_forwards_answer(request)
         self.ctx.c[C.responses_2xx] += 1
         self._log(200, 0)
         self.parser.next_event()
         self._next_request(request.keep_alive)
-
-    def _next_server(self) -> None:
-        assert self.upstream is not None
-        limit = 1 + self.upstream.config.retries
-        if self.attempts >= limit or self.attempts >= len(self.candidates):
-            self._fail(502, "no upstream server could be reached")
-            return
-        if self.attempts:
-            self.ctx.c[C.upstream_retries] += 1
-        self.server = self.candidates[self.attempts]
-        self.attempts += 1
-        self.resp = ResponseParser()
-        assert self.request is not None
-        self.resp.expect(self.request.method, upgrade=self.upgrade)
-        self.upstream_started = self.last_upstream = self.ctx.reactor.now
-        if self.parked is not None:
-            p_upstream, p_server, p_sock = self.parked
-            if p_upstream is self.upstream and p_server == self.server and self.reuse_ok:
-                self._unpark()
-                self.reused = True
-                self.up = p_sock
-                self.ufd = p_sock.fileno()
-                self.phase = Phase.FORWARD
-                self.upstream.record_success(self.server)
-                self.active_counted = True
-                self._connected()
-                return
-            self._unpark_to_pool()
-        pooled = self.ctx.idle.take((self.upstream.config.name, self.server)) if self.reuse_ok else None
-        if pooled is not None:
-            self.reused = True
-            self._adopt(pooled, EVENT_READ)
-            self.phase = Phase.FORWARD
-            self.upstream.record_success(self.server)
-            self.active_counted = True
-            self._connected()
-            return
-        self.reused = False
-        sockaddr, family = self.upstream.sockaddrs[self.server]
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self._prepare_socket(sock)
-        except OSError:
-            sock.close()
-            raise
-        err = sock.connect_ex(sockaddr)
-        self._adopt(sock, 0)
-        if err in (0, errno.EINPROGRESS):
-            self.phase = Phase.CONNECT
-        else:
-            self.ctx.c[C.upstream_connect_errors] += 1
-            self._connect_failed()
-
-    def _adopt(self, sock: socket.socket, registered_mask: int) -> None:
-        self.up = sock
-        self.ufd = sock.fileno()
-        self.masks[self.ufd] = registered_mask
-        if registered_mask:  # from the idle pool: take the callback over
-            self.ctx.reactor.modify(self.ufd, registered_mask, self._on_upstream)
-
-    def _on_connect_event(self) -> None:
-        assert self.up is not None
-        err = self.up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.ctx.c[C.upstream_connect_errors] += 1
-            self._connect_failed()
-            return
-        self.ctx.slot.observe(H.upstream_connect_seconds, self.ctx.reactor.now - self.upstream_started)
-        assert self.upstream is not None
-        self.upstream.record_success(self.server)
-        self.active_counted = True
-        self.phase = Phase.FORWARD
-        self.last_upstream = self.ctx.reactor.now
-        self._connected()
-
-    def _connect_failed(self) -> None:
-        assert self.upstream is not None
-        self.upstream.record_failure(self.server)
-        self._close_upstream_socket()
-        self._next_server()
-
-    def _upstream_io_error(self, exc: OSError) -> None:
-        """The upstream connection failed while forwarding."""
-        no_body = self.parser.body_kind is BodyKind.NONE or not self.parser.content_length
-        retry = (self.resp_bytes == 0 and no_body and self.req_done
-                 and self.request is not None and self.request.method in _IDEMPOTENT)
-        if retry:  # nothing came back: safe to send the request again (nginx's "error")
-            self._close_upstream_socket()
-            self.uout = bytearray(self.head)
-            if self.reused:
-                self.attempts -= 1  # the server had closed a pooled connection: same server, fresh
-            else:
-                assert self.upstream is not None
-                self.upstream.record_failure(self.server)
-            self._next_server()
-            return
-        self._upstream_failed(502, f"upstream connection failed: {exc.strerror or exc}")
-
-    def _upstream_failed(self, status: int, detail: str) -> None:
-        if self.upstream is not None and self.server >= 0:
-            self.upstream.record_failure(self.server)
-        if self.resp_head_sent:
-            self.close(reset=True)
-        else:
-            self._fail(status, detail)
 
     # -- responses ------------------------------------------------------------------
     def _on_response(self, response: Response) -> None:
@@ -723,66 +587,7 @@ class HttpSession:
         if not self.cout:
             self.close()
 
-    # -- upstream connection ------------------------------------------------------------
-    def _drop_upstream(self, reusable: bool) -> None:
-        if self.up is None:
-            return
-        assert self.upstream is not None
-        if reusable and not self.uout and self.resp_mover is None and self.req_mover is None:
-            self._uncount_active()
-            registered = bool(self.masks.get(self.ufd))
-            self.ctx.idle.put((self.upstream.config.name, self.server), self.up,
-                              self.upstream.config.keepalive, registered)
-            del self.masks[self.ufd]
-            self.up = None
-            self.ufd = -1
-        else:
-            self._close_upstream_socket()
-
-    def _park(self) -> None:
-        assert self.up is not None and self.upstream is not None
-        self._uncount_active()
-        self.parked = (self.upstream, self.server, self.up)
-        self.up = None
-        self.ufd = -1
-
-    def _unpark(self) -> tuple[UpstreamRuntime, int, socket.socket]:
-        assert self.parked is not None
-        parked, self.parked = self.parked, None
-        return parked
-
-    def _unpark_to_pool(self) -> None:
-        if self.parked is None:
-            return
-        upstream, server, sock = self._unpark()
-        fd = sock.fileno()
-        registered = bool(self.masks.pop(fd, 0))
-        self.ctx.idle.put((upstream.config.name, server), sock, upstream.config.keepalive,
-                          registered)
-
-    def _drop_parked(self) -> None:
-        if self.parked is None:
-            return
-        sock = self._unpark()[2]
-        if self.masks.pop(sock.fileno(), 0):
-            self.ctx.reactor.forget(sock.fileno())
-        sock.close()
-
-    def _uncount_active(self) -> None:
-        if self.active_counted and self.upstream is not None:
-            self.active_counted = False
-            self.upstream.session_closed(self.server, self.up_sent, self.resp_bytes)
-
-    def _close_upstream_socket(self) -> None:
-        if self.up is None:
-            return
-        self._uncount_active()
-        if self.masks.pop(self.ufd, 0):
-            self.ctx.reactor.forget(self.ufd)
-        self.up.close()
-        self.up = None
-        self.ufd = -1
-
+    # -- body movers, output --------------------------------------------------------------
     def _release_movers(self) -> None:
         for mover in (self.req_mover, self.resp_mover):
             if mover is not None:
@@ -843,26 +648,6 @@ class HttpSession:
         if not self.cout and self.phase is Phase.CLOSING:
             self.close()
 
-    def _flush_upstream(self) -> None:
-        if self.up is None or self.phase is not Phase.FORWARD:
-            return
-        if self.req_mover is not None and not self.uout:
-            self._step_req_mover()
-            return
-        if not self.uout:
-            return
-        try:
-            n = self.up.send(self.uout)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._upstream_io_error(exc)
-            return
-        del self.uout[:n]
-        self.up_sent += n
-        self.ctx.c[C.upstream_bytes_out] += n
-        self.last_upstream = self.ctx.reactor.now
-
     def _update_interest(self) -> None:
         if self.phase in (Phase.CLOSED, Phase.TUNNEL):
             return
@@ -881,17 +666,6 @@ class HttpSession:
         elif self.phase in (Phase.FORWARD, Phase.CONNECT) and len(self.uout) < MAX_BUFFER \
                 and self.parser.buffered < MAX_BUFFER and self.req_mover is None:
             mask |= EVENT_READ   # body bytes, or watching for the client leaving
-        return mask
-
-    def _upstream_mask(self) -> int:
-        if self.phase is Phase.CONNECT:
-            return EVENT_WRITE
-        mask = 0
-        if self.uout or (self.req_mover is not None and self.req_mover.pending):
-            mask |= EVENT_WRITE
-        if not self.resp_done and len(self.cout) < MAX_BUFFER and (
-                self.resp_mover is None or not self.resp_mover.pending):
-            mask |= EVENT_READ
         return mask
 
     def _set_mask(self, fd: int, mask: int, callback: object) -> None:
