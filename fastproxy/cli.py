@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from fastproxy import __version__
 from fastproxy import config as configuration
 from fastproxy.config import Config
-from fastproxy.errors import ConfigError
+from fastproxy.errors import ConfigError, format_problem
 from fastproxy.modes import require_available
 
 EXIT_OK, EXIT_USAGE, EXIT_START = 0, 1, 2
@@ -112,6 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fastproxy.master import Master
 
     cfg = _load(args)
+    if cfg.server.user and os.geteuid() != 0:
+        raise ConfigError([format_problem("server.user", "running workers as another user "
+                                          "needs the master to start as root")])
     return Master(cfg, lambda: _load(args)).run()
 
 

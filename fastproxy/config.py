@@ -36,6 +36,7 @@ import difflib
 import ipaddress
 import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -198,6 +199,16 @@ def _address(text: str, *, ip_only: bool) -> Address:
     return Address(name, int(port))
 
 
+def _system_user(name: str) -> str:
+    """An existing account name, or "" for none."""
+    if name:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise _Invalid(f"no such user {name!r}") from None
+    return name
+
+
 def _proxy_url(text: str) -> str:
     """ "http://[user:pass@]host:port", optionally with a trailing "/"."""
     userinfo, at, host_port = text[7:].removesuffix("/").rpartition("@")
@@ -358,7 +369,8 @@ class ServerSection:
                       "fastproxy.pid")
     graceful_timeout: float = _f(_num(0, real=True), "seconds old workers may drain", 30.0)
     max_connections: int = _f(_num(1), "per worker; beyond it, accept pauses", 10000)
-    user: str = _f(_str(), "drop privileges to this user after binding; empty = stay", "")
+    user: str = _f(_str(_system_user),
+                   "workers run as this user (the master binds and stays); empty = no change", "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import errno
 import gc
 import logging
 import os
+import pwd
 import signal
 import socket
 import time
@@ -266,6 +267,22 @@ class Acceptor:
         self.fd = -1
 
 
+def _drop_privileges(user: str) -> None:
+    """Become ``user`` (its group, no supplementary groups) for good.
+
+    The master keeps its identity (it binds new listen addresses on reload,
+    as nginx's does); a worker drops right after opening its access log, so
+    a log directory writable only by root still works, and USR1 reopens the
+    file as ``user`` (the directory must then be writable by it).
+    """
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.getuid() != entry.pw_uid or os.geteuid() != entry.pw_uid:
+        raise PermissionError(f"could not drop privileges to {user!r}")
+
+
 def _tune_gc() -> None:
     """Keep the cyclic GC off the per-connection path.
 
@@ -306,7 +323,9 @@ class Worker:
             signal.SIGUSR1: self._reopen_logs,
         })
         self.reactor.on_error = self._on_loop_error
-        self.ctx = WorkerContext(self, spec)
+        self.ctx = WorkerContext(self, spec)  # opens the access log, still privileged
+        if spec.config.server.user:
+            _drop_privileges(spec.config.server.user)
         self._build_acceptors()
         self.reactor.register(spec.alive_fd, EVENT_READ, self._on_alive_pipe)
         _tune_gc()

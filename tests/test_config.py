@@ -673,7 +673,7 @@ def test_config_imports_no_io_modules() -> None:
     assert not imported & {"socket", "selectors", "signal"}
     assert imported <= {"__future__", "dataclasses", "difflib", "ipaddress", "math", "os", "re",
                         "tomllib", "collections", "types", "typing", "fastproxy", "base64",
-                        "urllib"}
+                        "urllib", "pwd"}
 
 
 def test_duplicate_servers_in_one_upstream_are_an_error() -> None:
