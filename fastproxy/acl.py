@@ -66,6 +66,7 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from fastproxy.config import Forward
@@ -283,6 +284,14 @@ class _Hash:
         return hmac.compare_digest(computed, self.digest)
 
 
+@dataclass(frozen=True, slots=True)
+class PendingCheck:
+    """Credentials not in the cache yet (see ``Authenticator.cached``)."""
+
+    key: bytes
+    token: bytes
+
+
 class Authenticator:
     """Verifies ``Proxy-Authorization: Basic`` against ``[forward].users`` (module docstring).
 
@@ -310,19 +319,36 @@ class Authenticator:
     def check(self, header: bytes | None) -> str | None:
         """The user named by a valid ``Proxy-Authorization`` value, else None (absent,
         malformed, not Basic, unknown user or wrong password)."""
+        found = self.cached(header)
+        if isinstance(found, PendingCheck):
+            user = self.verify(found)
+            self.remember(found, user)
+            return user
+        return found
+
+    def cached(self, header: bytes | None) -> str | None | PendingCheck:
+        """What is known without hashing: the user, None (refused), or a
+        ``PendingCheck`` to hand to ``verify`` (which may run in a thread)
+        and then to ``remember`` (in the loop)."""
         token = _basic_token(header)
         if token is None:
             return None
-        now = self._clock()
         key = hmac.digest(self._pepper, token, "sha256")
         hit = self._cache.get(key)
         if hit is not None:
-            if hit[1] > now:
+            if hit[1] > self._clock():
                 return hit[0]
             del self._cache[key]
-        user = self._verify(token)
-        self._remember(key, user, now + (CACHE_TTL if user is not None else NEGATIVE_TTL))
-        return user
+        return PendingCheck(key, token)
+
+    def verify(self, pending: PendingCheck) -> str | None:
+        """The expensive part (PBKDF2); touches no shared state, so it may run
+        in another thread."""
+        return self._verify(pending.token)
+
+    def remember(self, pending: PendingCheck, user: str | None) -> None:
+        ttl = CACHE_TTL if user is not None else NEGATIVE_TTL
+        self._remember(pending.key, user, self._clock() + ttl)
 
     def challenge(self) -> bytes:
         """The header line a 407 response carries (RFC 7617 §2, §2.1 charset)."""

@@ -58,6 +58,7 @@ Address = tuple[int, tuple[Any, ...]]            # (family, sockaddr)
 Callback = Callable[[list[Address] | None, str | None], None]
 
 CACHE_MAX: Final = 10_000
+_Job = tuple[Callable[[], Any], Callable[[Any], None]]
 JOIN_TIMEOUT: Final = 1.0      # close() waits at most this long in all for threads to leave
 
 
@@ -113,8 +114,9 @@ class Resolver:
         self._max_pending = max_pending
         self._cache: dict[str, tuple[float, list[Address]]] = {}
         self._waiting: dict[str, list[Cancel]] = {}   # name -> waiters; key = queued/in flight
-        self._jobs: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._results: collections.deque[tuple[str, list[Address] | None, str | None]] = (
+        # A job is (work, done): ``work()`` runs in a thread, ``done(result)`` in the loop.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._results: collections.deque[tuple[Callable[[Any], None], Any]] = (
             collections.deque())
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -184,13 +186,26 @@ class Resolver:
         return None
 
     def _start_lookup(self, name: str) -> None:
+        self._submit(functools.partial(_getaddrinfo, name),
+                     lambda result: self._finish(name, *result))
+
+    def run_blocking(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run ``work()`` in a resolver thread and ``done(result)`` in the loop
+        (for other blocking calls that must stay off the loop, such as
+        password hashing). ``done`` is dropped if the resolver closes first.
+        Raises RuntimeError after ``close()``."""
+        if self._closed:
+            raise RuntimeError("resolver closed")
+        self._submit(work, done)
+
+    def _submit(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         if not self._threads:
             for i in range(self._nthreads):
                 thread = threading.Thread(target=self._work, name=f"fastproxy-resolver-{i}",
                                           daemon=True)
                 thread.start()
                 self._threads.append(thread)
-        self._jobs.put(name)
+        self._jobs.put((work, done))
 
     def _on_wakeup(self, _mask: int) -> None:
         try:
@@ -199,8 +214,8 @@ class Resolver:
         except BlockingIOError:
             pass
         while self._results:
-            name, addresses, error = self._results.popleft()
-            self._finish(name, addresses, error)
+            done, result = self._results.popleft()
+            done(result)
 
     def _finish(self, name: str, addresses: list[Address] | None, error: str | None) -> None:
         if addresses is not None and self._ttl > 0:
@@ -233,14 +248,18 @@ class Resolver:
     # -- the threads' side ------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            name = self._jobs.get()
-            if name is None:
+            job = self._jobs.get()
+            if job is None:
                 return
-            addresses, error = _getaddrinfo(name)
+            work, done = job
+            try:
+                result = work()
+            except Exception:  # a job must not kill its thread
+                result = None
             with self._lock:
                 if self._wfd < 0:
                     return
-                self._results.append((name, addresses, error))
+                self._results.append((done, result))
                 try:
                     os.write(self._wfd, b"\0")
                 except BlockingIOError:

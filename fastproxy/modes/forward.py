@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastproxy.acl import Authenticator, Denied, Policy, parse_ip
+from fastproxy.acl import Authenticator, Denied, PendingCheck, Policy, parse_ip
 from fastproxy.errors import ProtocolError
 from fastproxy.http import (
     Field,
@@ -191,6 +191,7 @@ class ForwardSession(HttpSession):
         self.tunnel_request = False
         self.via_parent = False
         self.source: str | None = None
+        self.checking = False      # credentials being verified in a thread
 
     # -- admission ------------------------------------------------------------------------
     def _admit(self, request: Request) -> bool:
@@ -199,10 +200,17 @@ class ForwardSession(HttpSession):
         if not mode.policy.client_allowed(self.addr[0]):
             self._deny(C.denied_client, "client not allowed")
             return False
-        if mode.auth.required and mode.auth.check(request.get(b"proxy-authorization")) is None:
-            self.ctx.c[C.auth_failures] += 1
-            self._refuse(407, "proxy authentication required", mode.auth.challenge())
-            return False
+        if mode.auth.required:
+            found = mode.auth.cached(request.get(b"proxy-authorization"))
+            if isinstance(found, PendingCheck):  # hash off the loop, then admit again
+                self.checking = True
+                mode.resolver.run_blocking(functools.partial(mode.auth.verify, found),
+                                           functools.partial(self._checked, found, request))
+                return False
+            if found is None:
+                self.ctx.c[C.auth_failures] += 1
+                self._refuse(407, "proxy authentication required", mode.auth.challenge())
+                return False
         host, port = self._destination(request)
         if self.tunnel_request:
             try:
@@ -238,6 +246,14 @@ class ForwardSession(HttpSession):
         if not host or not 0 < port < 65536:
             raise ProtocolError("bad destination")
         return host.lower(), port
+
+    def _checked(self, pending: PendingCheck, request: Request, user: str | None) -> None:
+        """Credentials verified in a resolver thread: cache, then admit again."""
+        self.mode.auth.remember(pending, user)
+        self.checking = False
+        if self.phase is Phase.CONNECT and self.request is request:
+            self.readmitted = True
+            self._run(functools.partial(self._begin, request))
 
     def _deny(self, counter: int, reason: str) -> None:
         """A 403, counted in total and by reason (client, port, destination)."""

@@ -181,6 +181,7 @@ class HttpSession(UpstreamLink):
         self.active_counted = False   # this exchange holds one of the server's "active"
         self.head = b""               # the forwarded request head (for a retry)
         self.reuse_ok = True          # may take a pooled/parked upstream connection
+        self.readmitted = False       # _begin runs again for a request already counted
         self.out_headers: list = []   # type: ignore[type-arg]  # the forwarded fields
         self.up_sent = 0
 
@@ -230,9 +231,13 @@ class HttpSession(UpstreamLink):
             elif now - self.last_client >= (timeouts.idle if self.served else timeouts.client_header):
                 self.close()  # nothing sent: close quietly, as nginx does
         elif self.phase is Phase.CONNECT:
-            if now - self.last_upstream >= timeouts.connect:
-                self.ctx.c[C.upstream_connect_timeouts] += 1
-                self._connect_failed()
+            if now - self.last_upstream < timeouts.connect:
+                return
+            if self.up is None:  # still resolving or checking credentials
+                self._fail(504, "no upstream chosen in time")
+                return
+            self.ctx.c[C.upstream_connect_timeouts] += 1
+            self._connect_failed()
         elif self.phase is Phase.FORWARD:
             if now - self.last_upstream >= timeouts.upstream_read:
                 self._upstream_failed(504, "upstream timed out")
@@ -405,8 +410,11 @@ class HttpSession(UpstreamLink):
     # -- an exchange ------------------------------------------------------------------
     def _begin(self, request: Request) -> None:
         ctx = self.ctx
-        ctx.c[C.requests] += 1
-        self.exchange_started = ctx.reactor.now
+        if self.readmitted:  # the same request again, after a deferred admission check
+            self.readmitted = False
+        else:
+            ctx.c[C.requests] += 1
+            self.exchange_started = ctx.reactor.now
         self.request = request
         self.phase = Phase.CONNECT  # until a server is connected (or an answer is queued)
         self.last_upstream = ctx.reactor.now

@@ -22,6 +22,8 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -886,3 +888,34 @@ def test_counters_and_access_log(fwd: ForwardProxy, app: PeerBackend, echo: Back
     assert resp.status == 502
     failure = wait_record(fwd, lambda r: r["target"].endswith("/logged-failure"))
     assert failure["status"] == 502 and failure["upstream"] == "-"
+
+
+def test_password_hashing_does_not_block_the_worker(fresh: Callable[..., ForwardProxy],
+                                                    app: PeerBackend) -> None:
+    """A slow hash (many PBKDF2 rounds) for a new, wrong password runs off the
+    event loop: a client with cached credentials is answered meanwhile."""
+    from fastproxy.cli import hash_password
+
+    slow = hash_password(PASSWORD, 3_000_000)          # about a second here
+    proxy = fresh({"users": {"alice": slow}})
+    url = f"http://{app.address}/auth-offload"
+    good = [("Proxy-Authorization", basic("alice", PASSWORD))]
+    with HttpClient(proxy.port) as warm:                # verify once: now cached
+        assert warm.request("GET", url, host=app.address, headers=good).status == 200
+        results: dict[str, float] = {}
+
+        def wrong_password() -> None:
+            resp = proxy_get(proxy.port, url, headers=[("Proxy-Authorization",
+                                                        basic("alice", "wrong"))])
+            results["wrong"] = time.monotonic()
+            assert resp.status == 407
+
+        thread = threading.Thread(target=wrong_password)
+        thread.start()
+        time.sleep(0.2)                                  # the hash is under way
+        resp = warm.request("GET", url, host=app.address, headers=good)
+        results["cached"] = time.monotonic()
+        thread.join(30)
+    assert resp.status == 200
+    assert "wrong" in results
+    assert results["cached"] < results["wrong"], "the cached client waited for the hash"
