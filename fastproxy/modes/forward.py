@@ -253,7 +253,7 @@ class ForwardSession(HttpSession):
         self.checking = False
         if self.phase is Phase.CONNECT and self.request is request:
             self.readmitted = True
-            self._run(functools.partial(self._begin, request))
+            self._run(self._begin, request)
 
     def _deny(self, counter: int, reason: str) -> None:
         """A 403, counted in total and by reason (client, port, destination)."""
@@ -335,7 +335,7 @@ class ForwardSession(HttpSession):
     def _resolved(self, addresses: list[tuple[int, Any]] | None, error: str | None) -> None:
         self.lookup = None
         if self.phase is Phase.CONNECT:
-            self._run(functools.partial(self._on_addresses, addresses, error))
+            self._run(self._on_addresses, addresses, error)
 
     def _on_addresses(self, addresses: list[tuple[int, Any]] | None, error: str | None) -> None:
         if addresses is None:

@@ -37,11 +37,10 @@ upstream_read (504, or abort once the response has begun).
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastproxy.errors import ProtocolError
 from fastproxy.http import (
@@ -218,7 +217,7 @@ class HttpSession(UpstreamLink):
         if self.phase is Phase.TUNNEL:
             self._check_timeouts(now)
         else:
-            self._run(functools.partial(self._check_timeouts, now))
+            self._run(self._check_timeouts, now)
 
     def _check_timeouts(self, now: float) -> None:
         timeouts = self.mode.listener.timeouts
@@ -251,15 +250,15 @@ class HttpSession(UpstreamLink):
                 self._relay.close("idle")
 
     # -- events -----------------------------------------------------------------
-    def _run(self, step: Callable[[], None]) -> None:
+    def _run(self, step: Callable[..., None], *args: Any) -> None:
         """Every entry into the session (socket events, the sweep, resolver
-        answers) goes through here: do ``step``, drive the parsers, then set
-        the selector interest. A ProtocolError is answered with its status;
-        any other OSError aborts both connections."""
+        answers) goes through here: do ``step(*args)``, drive the parsers,
+        then set the selector interest. A ProtocolError is answered with its
+        status; any other OSError aborts both connections."""
         if self.phase in (Phase.CLOSED, Phase.TUNNEL):
             return
         try:
-            step()
+            step(*args)
             self._drive()
         except ProtocolError as exc:
             self._protocol_error(exc)
@@ -268,7 +267,7 @@ class HttpSession(UpstreamLink):
         self._update_interest()
 
     def _on_client(self, mask: int) -> None:
-        self._run(functools.partial(self._client_event, mask))
+        self._run(self._client_event, mask)
 
     def _client_event(self, mask: int) -> None:
         if mask & EVENT_WRITE:
@@ -280,7 +279,7 @@ class HttpSession(UpstreamLink):
         if self.phase is Phase.HEAD:  # the parked connection closed or spoke: drop it
             self._drop_parked()
             return
-        self._run(functools.partial(self._upstream_event, mask))
+        self._run(self._upstream_event, mask)
 
     def _upstream_event(self, mask: int) -> None:
         if self.phase is Phase.CONNECT:
