@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -171,30 +169,26 @@ if __name__ == "__main__" and sys.argv[1:2] == ["tunnel-client"]:
 
 # ================================================================ harness
 
+import harness
 import http_bench as hb
-import psutil
 import tcp_bench as tb
-from tcp_bench import (
+from harness import (
+    BENCH_DIR,
     LOAD_CPU,
     PROXY_CPU,
+    REPO_DIR,
     START_TIMEOUT,
     ManagedProcess,
     Meter,
-    ProxyTarget,
     RunResult,
     Scenario,
     fmt,
     pinned,
 )
+from tcp_bench import ProxyTarget
 
-BENCH_DIR = tb.BENCH_DIR
-REPO_DIR = tb.REPO_DIR
-OUT_DIR = tb.OUT_DIR
-tb.log = hb.log = log  # the imported helpers log through their module's log
-
-
-def port_open(port: int) -> bool:
-    return tb.port_open(port)
+harness.set_log_name("forward_bench")  # the shared helpers log with this prefix
+port_open = harness.port_open
 
 
 def wait_port_free(port: int, max_wait: float = PORT_FREE_WAIT) -> None:
@@ -212,7 +206,7 @@ def wait_port_free(port: int, max_wait: float = PORT_FREE_WAIT) -> None:
 
 def start_server(proc: ManagedProcess, port: int, timeout: float = START_TIMEOUT) -> None:
     wait_port_free(port)
-    tb.start_and_wait(proc, port, timeout)
+    harness.start_and_wait(proc, port, timeout)
 
 
 # ================================================================= probes
@@ -315,29 +309,23 @@ class ForwardTarget(ProxyTarget):
 
     def start(self, upstream_port: int, workdir: Path) -> None:
         config = self.write_config(upstream_port, workdir)
-        argv = self.command(config)
-        if self.env():  # `env` execs the command: the pid (and group) stay the same
-            argv = ["env", *(f"{k}={v}" for k, v in self.env().items()), *argv]
+        argv = harness.with_env(self.command(config), self.env())
         log_path = workdir / f"{self.name}.log"
         self.proc = ManagedProcess(self.name, pinned(PROXY_CPU, argv), log_path, cwd=self.cwd())
         deadline = time.monotonic() + self.start_timeout
         start_server(self.proc, self.listen_port, self.start_timeout)
-        while time.monotonic() < deadline:
-            if not self.proc.alive():
-                break
-            if self.ready():
-                if self.forwards_http:
-                    self.verification = verify_with_curl(self.listen_port)
-                    log(f"{self.name}: curl -x check {self.verification}")
-                    if not self.verification["ok"]:
-                        tail = self.proc.log_tail()
-                        self.stop()
-                        raise RuntimeError(
-                            f"{self.name}: curl -x did not reach the backend exactly once: "
-                            f"{self.verification}; log {log_path}:\n{tail}"
-                        )
-                return
-            time.sleep(0.1)
+        if harness.poll_ready(self.proc, self.ready, deadline):
+            if self.forwards_http:
+                self.verification = verify_with_curl(self.listen_port)
+                log(f"{self.name}: curl -x check {self.verification}")
+                if not self.verification["ok"]:
+                    tail = self.proc.log_tail()
+                    self.stop()
+                    raise RuntimeError(
+                        f"{self.name}: curl -x did not reach the backend exactly once: "
+                        f"{self.verification}; log {log_path}:\n{tail}"
+                    )
+            return
         why = "exited" if not self.proc.alive() else "does not forward GET / CONNECT"
         tail = self.proc.log_tail()
         self.stop()
@@ -511,29 +499,12 @@ class NginxStreamRefTarget(ForwardTarget):
     forwards_http = False
 
     def write_config(self, upstream_port: int, workdir: Path) -> Path:
-        path = workdir / "nginx-stream-ref.conf"
-        path.write_text(
-            f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1;
-worker_rlimit_nofile 16384;
-daemon off;
-pid {workdir}/nginx-stream-ref.pid;
-error_log {workdir}/nginx-stream-ref.error.log warn;
-events {{ worker_connections 8192; }}
-stream {{
-    server {{
-        listen {HOST}:{self.listen_port} backlog=4096;
-        proxy_pass {HOST}:{BULK_BACKEND_PORT};
-        proxy_connect_timeout 5s;
-        proxy_timeout 60s;
-    }}
-}}
-"""
+        return harness.nginx_stream_config(
+            workdir / "nginx-stream-ref.conf", workdir, self.listen_port, BULK_BACKEND_PORT
         )
-        return path
 
     def command(self, config: Path) -> list[str]:
-        return ["nginx", "-p", str(config.parent), "-c", str(config), "-e", "stderr"]
+        return harness.nginx_command(config)
 
 
 def make_targets(names: Sequence[str], fastproxy_cmd: Sequence[str]) -> list[ForwardTarget]:
@@ -544,10 +515,7 @@ def make_targets(names: Sequence[str], fastproxy_cmd: Sequence[str]) -> list[For
         "proxypy": ProxypyForwardTarget,
         "nginx-stream": NginxStreamRefTarget,
     }
-    unknown = [n for n in names if n not in factories]
-    if unknown:
-        raise SystemExit(f"unknown target(s) {unknown}; choose from {sorted(factories)}")
-    return [factories[name]() for name in names]
+    return harness.build_targets(names, factories)
 
 
 # ================================================================ backends
@@ -642,9 +610,7 @@ class ForwardWrkScenario(tb.WrkScenario):
         )
 
     def argv(self, port: int, duration: int) -> list[str]:
-        argv = ["wrk", "-t1", f"-c{self.connections}", f"-d{duration}s", "--latency"]
-        argv += ["--timeout", "5s", "-s", str(self.script)]
-        return pinned(LOAD_CPU, [*argv, f"http://{HOST}:{port}/"])
+        return harness.wrk_argv(port, self.connections, duration, "/", ["-s", str(self.script)])
 
     def run(self, port: int, meter: Meter) -> RunResult:
         before = backend_requests()  # outside the CPU window (meter.begin is in wrk())
@@ -716,7 +682,7 @@ def run_target(
     except (RuntimeError, OSError) as exc:
         log(f"SKIP {target.name}: {exc}")
         reason = str(exc).splitlines()[0]
-        return [tb.skipped_row(target.name, s, reason) for s in mine]
+        return [harness.skipped_row(target.name, s, reason) for s in mine]
     rows: list[dict[str, Any]] = []
     try:
         for scenario in mine:
@@ -726,42 +692,21 @@ def run_target(
             try:
                 row = hb.measure(target, scenario, backends.pid_for(scenario.upstream_port))
             except RuntimeError as exc:  # e.g. a proxy process left CPU 1
-                row = tb.skipped_row(target.name, scenario, f"not measured: {exc}")
+                row = harness.skipped_row(target.name, scenario, f"not measured: {exc}")
             if not (target.proc and target.proc.alive()):
                 row["proxy_notes"] = ["proxy process died"]
                 log(f"{target.name} died; log tail:\n{target.proc.log_tail() if target.proc else ''}")
             rows.append(row)
-            log(
-                f"  -> {tb.fmt_rate(row)}  proxy CPU {fmt(row['proxy_cpu_seconds'], 2)} s"
-                + (f"  ERROR {row['error']}" if row["error"] else "")
-            )
+            log(harness.progress_line(row))
             if row.get("proxy_notes"):
                 rest = mine[len(rows) :]
-                rows += [tb.skipped_row(target.name, s, "proxy process died") for s in rest]
+                rows += [harness.skipped_row(target.name, s, "proxy process died") for s in rest]
                 break
             time.sleep(0.5)
     finally:
         target.stop()
     time.sleep(0.5)
     return rows
-
-
-def tree_tids(root: int | None) -> set[int]:
-    """Every thread id of the process tree rooted at ``root``."""
-    if root is None:
-        return set()
-    tids: set[int] = set()
-    try:
-        top = psutil.Process(root)
-        procs = [top, *top.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return tids
-    for proc in procs:
-        try:
-            tids.update(int(t) for t in os.listdir(f"/proc/{proc.pid}/task"))
-        except OSError:
-            continue
-    return tids
 
 
 class ForwardMeter(hb.HttpMeter):
@@ -779,12 +724,12 @@ class ForwardMeter(hb.HttpMeter):
     """
 
     def begin(self) -> None:
-        self.tids_before = tree_tids(self.root)
+        self.tids_before = harness.tree_tids(self.root)
         super().begin()
 
     def end(self) -> None:
         super().end()
-        gone = len(self.tids_before - tree_tids(self.root))
+        gone = len(self.tids_before - harness.tree_tids(self.root))
         churn = bool(getattr(self.target, "thread_per_connection", False))
         self.cpu_source = "schedstat"
         if (churn or gone) and self.proxy_cpu_ticks is not None:
@@ -829,43 +774,11 @@ def notes(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def results_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        (
-            "| scenario | target | throughput | proxy CPU s | proxy CPU % | per proxy CPU-s "
-            "| CPU1 busy % | CPU0 busy % | notes |"
-        ),
-        "|---|---|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for row in rows:
-        per_cpu = row["per_cpu_second"]
-        lines.append(
-            f"| {row['label']} | {row['target']} | {tb.fmt_rate(row)} "
-            f"| {fmt(row['proxy_cpu_seconds'], 2)} | {fmt(row['proxy_cpu_pct'])} "
-            f"| {fmt(per_cpu) + ' ' + row['per_cpu_unit'] if per_cpu else '—'} "
-            f"| {fmt(row['cpu1_busy_pct'])} | {fmt(row.get('cpu0_busy_pct'))} | {notes(row)} |"
-        )
-    return "\n".join(lines)
-
-
 def ratio_table(
     rows: Sequence[dict[str, Any]], scenarios: Sequence[Scenario], key: str, title: str
 ) -> str:
-    index = {(r["target"], r["scenario"]): r for r in rows}
     others = [o for o in COMPARED if any(r["target"] == o for r in rows)]
-    lines = [
-        f"| {title} | " + " | ".join(f"fastproxy/{o}" for o in others) + " |",
-        "|---|" + "--:|" * len(others),
-    ]
-    for scenario in scenarios:
-        fp = index.get(("fastproxy", scenario.name), {}).get(key)
-        cells = []
-        for other in others:
-            ref = index.get((other, scenario.name), {}).get(key)
-            cells.append(f"{fp / ref:.2f}×" if fp and ref else "n/a")
-        unit = scenario.per_cpu_unit + "/CPU-s" if key == "per_cpu_second" else scenario.unit
-        lines.append(f"| {unit}, {scenario.label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return harness.ratio_table(rows, scenarios, others, key, title)
 
 
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -894,12 +807,7 @@ def verification_lines(targets: Sequence[ForwardTarget]) -> str:
 
 def versions() -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return "n/a"
-        text = (done.stdout + done.stderr).strip().splitlines()
-        return text[0] if text else "n/a"
+        return harness.first_line(argv, timeout=20)
 
     try:  # read-only, and without the index refresh a plain `git status` may write
         done = subprocess.run(
@@ -924,58 +832,29 @@ def versions() -> dict[str, str]:
 def check_prerequisites(targets: Sequence[str]) -> None:
     tools = ["taskset", "wrk", "nginx", "curl"]
     tools += [t for t in ("tinyproxy", "squid") if t in targets]
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        raise SystemExit(
-            f"missing tools: {missing}. Install (Debian, as root): apt-get update; "
-            "apt-get install -y wrk nginx libnginx-mod-stream curl tinyproxy squid"
-        )
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("needs at least 2 CPUs (load on CPU 0, proxy on CPU 1)")
+    harness.missing_tools_exit(tools, "wrk nginx libnginx-mod-stream curl tinyproxy squid")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="forward-proxy benchmark (bench/README.md)")
-    parser.add_argument(
-        "--targets",
-        default=",".join(ALL_TARGETS),
-        help=f"comma list from {', '.join(ALL_TARGETS + EXTRA_TARGETS)}",
-    )
+    harness.add_targets_arg(parser, ALL_TARGETS, EXTRA_TARGETS)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument(
         "--bulk-mib", type=int, default=1024, help="MiB per tunnel direction (default 1024)"
     )
-    parser.add_argument(
-        "--fastproxy-cmd",
-        default=f"{shlex.quote(sys.executable)} -m fastproxy",
-        help="command that starts fastproxy (`run -c FILE` is appended)",
-    )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="seconds to wait for a 3 s idle stretch on both CPUs before starting",
-    )
-    parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--keep-workdir", action="store_true")
-    args = parser.parse_args(argv)
-    if not 1 <= args.duration <= 600:
-        parser.error("--duration must be 1..600 seconds")
-    if not 1 <= args.bulk_mib <= 65536:
-        parser.error("--bulk-mib must be 1..65536")
-    return args
+    harness.add_fastproxy_cmd_arg(parser)
+    harness.add_wait_idle_and_output_args(parser)
+    limits = [("bulk_mib", 1, 65536, "--bulk-mib must be 1..65536")]
+    return harness.parse_checked(parser, argv, limits)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    check_prerequisites(names)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    os.sched_setaffinity(0, {LOAD_CPU})
+    names = harness.prepare(args, check_prerequisites)
     targets = make_targets(names, shlex.split(args.fastproxy_cmd))
-    facts = tb.machine_facts()
+    facts = harness.machine_facts()
     facts.update(versions())
-    facts["idle_check_busy_pct"] = hb.wait_idle(args.wait_idle)
+    facts["idle_check_busy_pct"] = harness.wait_idle(args.wait_idle)
     rows: list[dict[str, Any]] = []
 
     workdir = Path(tempfile.mkdtemp(prefix="fpbench-fwd-"))
@@ -995,50 +874,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    settings = {
-        "targets": names,
-        "duration_s": args.duration,
-        "bulk_mib": args.bulk_mib,
-        "load_cpu": LOAD_CPU,
-        "proxy_cpu": PROXY_CPU,
-        "wrk_connections": 50,
-        "connect_ports": list(CONNECT_PORTS),
-        "fastproxy_cmd": args.fastproxy_cmd,
-    }
+    settings = harness.run_settings(
+        names,
+        args,
+        {"bulk_mib": args.bulk_mib},
+        {"wrk_connections": 50, "connect_ports": list(CONNECT_PORTS)},
+    )
     report = "\n\n".join(
         [
-            (
-                f"### forward_bench {facts['date']} — {facts['cpu_model']}, "
-                f"{facts['nproc']} CPUs, kernel {facts['kernel']}"
-            ),
+            harness.report_title("forward_bench", facts),
             (
                 f"duration {args.duration} s per wrk run, {args.bulk_mib} MiB per tunnel "
                 f"direction, load+backends on CPU {LOAD_CPU}, proxy on CPU {PROXY_CPU}; "
-                f"idle check before start (busy %): {tb.fmt_idle(facts['idle_check_busy_pct'])}; "
+                "idle check before start (busy %): "
+                f"{harness.fmt_idle(facts['idle_check_busy_pct'])}; "
                 f"repo HEAD {facts['repo_head']} (fastproxy/ {facts['fastproxy_worktree']}); "
                 f"{facts['tinyproxy']}; "
                 f"{facts['squid']}; proxy.py {facts['proxypy']}; {facts['wrk']}"
             ),
             "Forwarding check before load (`curl -x`, backend nginx stub_status):\n\n"
             + verification_lines(targets),
-            results_table(rows),
+            harness.results_table(rows, notes),
             ratio_table(rows, scenarios, "per_cpu_second", "per proxy CPU-second"),
             ratio_table(rows, scenarios, "rate", "wall throughput"),
             latency_table(rows),
-            "wrk errors and failures:\n\n" + hb.wrk_problems(rows),
+            "wrk errors and failures:\n\n" + harness.wrk_problems(rows),
         ]
     )
     print(report)
-    out = args.json_out or OUT_DIR / f"forward_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"machine": facts, "settings": settings, "results": rows, "markdown": report},
-            indent=2,
-            default=str,
-        )
-    )
-    log(f"raw results: {out}")
+    out = args.json_out or harness.default_json_out("forward_bench")
+    harness.write_json(out, facts, settings, rows, report, default=str)
     return 0
 
 

@@ -24,13 +24,9 @@ process group, in try/finally (also on Ctrl-C and SIGTERM).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import select
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,29 +36,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import harness
 import tcp_bench as tb  # bench/ is sys.path[0] when run as `python bench/http_bench.py`
-from tcp_bench import (
+from harness import (
+    BENCH_DIR,
     HOST,
     LOAD_CPU,
     MB,
     PROXY_CPU,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
     DirectTarget,
     ManagedProcess,
     Meter,
-    ProxyTarget,
     RunResult,
     Scenario,
     Target,
     fmt,
+    log,
     pinned,
     start_and_wait,
 )
-
-BENCH_DIR = tb.BENCH_DIR
-REPO_DIR = tb.REPO_DIR
-OUT_DIR = tb.OUT_DIR
+from tcp_bench import ProxyTarget
 
 BACKEND_PORT = 18001  # nginx HTTP backend (static files)
 FASTPROXY_PORT = 18090
@@ -79,15 +72,10 @@ BIG_PATH = "/big"
 
 ALL_TARGETS = ("direct", "direct-cpu1", "nginx", "haproxy", "proxypy", "fastproxy")
 COMPARED = ("nginx", "haproxy", "proxypy")  # fastproxy/<x> ratio columns
-IDLE_PCT = tb.CONTENTION_PCT
 NOISE_PCT = 15.0  # flag a row when other processes used this much of a CPU (both CPUs summed)
 
 
-def log(msg: str) -> None:
-    print(f"[http_bench] {msg}", file=sys.stderr, flush=True)
-
-
-tb.log = log  # the imported helpers log through tcp_bench.log; give them our prefix
+harness.set_log_name("http_bench")  # the shared helpers log with this prefix
 
 
 # ================================================================= probes
@@ -128,9 +116,7 @@ class HttpProxyTarget(ProxyTarget):
 
     def start(self, upstream_port: int, workdir: Path) -> None:
         config = self.write_config(upstream_port, workdir)
-        argv = self.command(config)
-        if self.env():  # `env` execs the command: the pid (and group) stay the same
-            argv = ["env", *(f"{k}={v}" for k, v in self.env().items()), *argv]
+        argv = harness.with_env(self.command(config), self.env())
         self.proc = ManagedProcess(
             self.name,
             pinned(PROXY_CPU, argv),
@@ -139,12 +125,8 @@ class HttpProxyTarget(ProxyTarget):
         )
         deadline = time.monotonic() + self.start_timeout
         start_and_wait(self.proc, self.listen_port, self.start_timeout)
-        while time.monotonic() < deadline:
-            if not self.proc.alive():
-                break
-            if serves_small(self.listen_port):
-                return
-            time.sleep(0.1)
+        if harness.poll_ready(self.proc, lambda: serves_small(self.listen_port), deadline):
+            return
         why = "exited" if not self.proc.alive() else f"does not serve GET {SMALL_PATH} (200, 1 KiB)"
         tail = self.proc.log_tail()
         self.stop()
@@ -384,10 +366,7 @@ def make_targets(names: Sequence[str], fastproxy_cmd: Sequence[str]) -> list[Tar
         "proxypy": ProxypyTarget,
         "fastproxy": lambda: FastproxyHttpTarget(fastproxy_cmd),
     }
-    unknown = [n for n in names if n not in factories]
-    if unknown:
-        raise SystemExit(f"unknown target(s) {unknown}; choose from {sorted(factories)}")
-    return [factories[name]() for name in names]
+    return harness.build_targets(names, factories)
 
 
 # ================================================================ backend
@@ -493,19 +472,14 @@ class WrkHttpScenario(tb.WrkScenario):
         self.unit, self.per_cpu_unit = "req/s", "req"
 
     def argv(self, port: int, duration: int) -> list[str]:
-        argv = ["wrk", "-t1", f"-c{self.connections}", f"-d{duration}s", "--latency"]
-        argv += ["--timeout", "5s"]
-        if self.new_connections:
-            argv += ["-H", "Connection: close"]
-        return pinned(LOAD_CPU, [*argv, f"http://{HOST}:{port}{self.path}"])
+        extra = ["-H", "Connection: close"] if self.new_connections else []
+        return harness.wrk_argv(port, self.connections, duration, self.path, extra)
 
     def run(self, port: int, meter: Meter) -> RunResult:
         result = super().run(port, meter)
         out = result.details.get("wrk_output", "")
-        for pct in ("75", "90"):  # tcp_bench's parser keeps p50 and p99 only
-            lat = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
-            if lat:
-                result.details[f"latency_p{pct}_ms"] = tb._ms(lat.group(1))
+        # harness.parse_wrk keeps p50 and p99 only
+        harness.wrk_latencies(out, ("75", "90"), result.details)
         return result
 
 
@@ -542,41 +516,11 @@ class DownloadScenario(Scenario):
         )
 
     def transfer(self, port: int, count: int, meter: Meter | None) -> RunResult:
-        proc = subprocess.Popen(
-            self.argv(port, count),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        result = harness.handshake_client(
+            self.argv(port, count), meter, self.timeout, "download client", "download failed"
         )
-        try:
-            return self.drive(proc, meter)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-    def drive(self, proc: subprocess.Popen[str], meter: Meter | None) -> RunResult:
-        assert proc.stdin is not None and proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
-        if not ready or proc.stdout.readline().strip() != "ready":
-            _, err = proc.communicate(timeout=STOP_TIMEOUT) if proc.poll() is not None else ("", "")
-            last = (err.strip().splitlines() or ["client not ready"])[-1]
-            return RunResult(0, 0, error=f"download client failed: {last}")
-        if meter:
-            meter.begin()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        try:
-            out, err = proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            return RunResult(0, self.timeout, error=f"timed out after {self.timeout:.0f}s")
-        if meter:
-            meter.end()
-        if proc.returncode != 0:
-            last = (err.strip().splitlines() or [f"rc={proc.returncode}"])[-1]
-            return RunResult(0, 0, error=f"download failed: {last}")
-        result = json.loads(out)
+        if isinstance(result, RunResult):
+            return result
         bad = [s for s in result["statuses"] if s != 200]
         if bad or result["bytes"] != self.big_bytes * len(result["statuses"]):
             return RunResult(0, 0, error=f"statuses {result['statuses']}, {result['bytes']} bytes")
@@ -625,7 +569,7 @@ def own_cpu_seconds() -> tuple[float, float]:
 
 
 class HttpMeter(Meter):
-    """tcp_bench's Meter plus two things for a shared machine and for fastproxy:
+    """harness.Meter plus two things for a shared machine and for fastproxy:
 
     * foreign CPU: busy time of both CPUs minus what the known processes used
       (proxy tree, backend tree, the load generator, this harness) — work of
@@ -641,7 +585,7 @@ class HttpMeter(Meter):
     def backend_runtime(self) -> dict[str, float]:
         runtime: dict[str, float] = {}
         for pid in self.backend_pids:
-            tree = tb.tree_cpu_seconds(pid)["runtime"]
+            tree = harness.tree_cpu_seconds(pid)["runtime"]
             runtime.update({f"{pid}/{key}": value for key, value in tree.items()})
         return runtime
 
@@ -651,7 +595,7 @@ class HttpMeter(Meter):
         self.own_before = own_cpu_seconds()
 
     def end(self) -> None:
-        self.backend_cpu = tb.cpu_delta(self.backend_tree_before, self.backend_runtime())
+        self.backend_cpu = harness.cpu_delta(self.backend_tree_before, self.backend_runtime())
         own = own_cpu_seconds()
         self.harness_cpu = own[0] - self.own_before[0]
         self.loadgen_cpu = own[1] - self.own_before[1]
@@ -685,38 +629,21 @@ def counter_delta(before: Any, after: Any) -> dict[str, float] | None:
 
 def measure(target: Target, scenario: Scenario, backend_pid: int | None) -> dict[str, Any]:
     """tcp_bench.measure with HttpMeter: warm up, run inside the window, one row."""
-    warm = scenario.warmup(target.listen_port)
-    if warm.error:
-        return tb.skipped_row(target.name, scenario, f"warm-up failed: {warm.error}")
-    time.sleep(0.2)
+    skipped = harness.warm_up(target, scenario)
+    if skipped:
+        return skipped
     known = [backend_pid] if backend_pid else []
     meter = HttpMeter(target, known + list(getattr(target, "known_pids", list)()))
     result = scenario.run(target.listen_port, meter)
     window = meter.row()
     ok = result.error is None and result.seconds > 0
-    shown = result.units / scenario.scale
-    cpu = window["proxy_cpu_seconds"]
-    busy0 = window["cpu0_seconds"]["busy"] if ok and window["cpu0_seconds"] else None
-    busy1 = window["cpu1_seconds"]["busy"] if ok and window["cpu1_seconds"] else None
     foreign = window.get("foreign_cpu_seconds")
-    return {
-        "target": target.name,
-        "scenario": scenario.name,
-        "label": scenario.label,
-        "unit": scenario.unit,
-        "per_cpu_unit": scenario.per_cpu_unit,
-        "units": result.units,
-        "seconds": result.seconds,
-        "rate": shown / result.seconds if ok else None,
-        "per_cpu_second": shown / cpu if ok and cpu else None,
-        "proxy_cpu_pct": tb.pct(cpu, result.seconds) if ok else None,
-        "cpu1_busy_pct": tb.pct(busy1, result.seconds),
-        "cpu0_busy_pct": tb.pct(busy0, result.seconds),
-        "foreign_cpu_pct": tb.pct(foreign, result.seconds) if ok and foreign is not None else None,
-        **window,
-        "error": result.error,
-        "details": result.details,
+    extra = {
+        "foreign_cpu_pct": harness.pct(foreign, result.seconds)
+        if ok and foreign is not None
+        else None
     }
+    return harness.result_row(target, scenario, result, window, extra)
 
 
 # ================================================================= runner
@@ -733,7 +660,7 @@ def run_target(
     except (RuntimeError, OSError) as exc:
         log(f"SKIP {target.name}: {exc}")
         reason = str(exc).splitlines()[0]
-        return [tb.skipped_row(target.name, s, reason) for s in scenarios]
+        return [harness.skipped_row(target.name, s, reason) for s in scenarios]
     rows: list[dict[str, Any]] = []
     try:
         for scenario in scenarios:
@@ -741,21 +668,17 @@ def run_target(
             try:
                 row = measure(target, scenario, backend_pid)
             except RuntimeError as exc:  # e.g. a proxy process left CPU 1
-                row = tb.skipped_row(target.name, scenario, f"not measured: {exc}")
+                row = harness.skipped_row(target.name, scenario, f"not measured: {exc}")
             if isinstance(target, HttpProxyTarget):
                 row["proxy_notes"] = target.notes()
             if isinstance(target, ProxyTarget) and not (target.proc and target.proc.alive()):
                 row["proxy_notes"] = [*row.get("proxy_notes", []), "proxy process died"]
                 log(f"{target.name} died; log tail:\n{target.proc.log_tail() if target.proc else ''}")
-            log(
-                f"  -> {tb.fmt_rate(row)}  proxy CPU {fmt(row['proxy_cpu_seconds'], 2)} s"
-                + (f"  ERROR {row['error']}" if row["error"] else "")
-                + (f"  {notes(row)}" if notes(row) else "")
-            )
+            log(harness.progress_line(row) + (f"  {notes(row)}" if notes(row) else ""))
             rows.append(row)
             if "proxy process died" in row.get("proxy_notes", []):
                 rest = scenarios[len(rows) :]
-                rows += [tb.skipped_row(target.name, s, "proxy process died") for s in rest]
+                rows += [harness.skipped_row(target.name, s, "proxy process died") for s in rest]
                 break
             time.sleep(0.5)
     finally:
@@ -787,43 +710,6 @@ def notes(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def results_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        (
-            "| scenario | target | throughput | proxy CPU s | proxy CPU % | per proxy CPU-s "
-            "| CPU1 busy % | CPU0 busy % | notes |"
-        ),
-        "|---|---|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for row in rows:
-        per_cpu = row["per_cpu_second"]
-        lines.append(
-            f"| {row['label']} | {row['target']} | {tb.fmt_rate(row)} "
-            f"| {fmt(row['proxy_cpu_seconds'], 2)} | {fmt(row['proxy_cpu_pct'])} "
-            f"| {fmt(per_cpu) + ' ' + row['per_cpu_unit'] if per_cpu else '—'} "
-            f"| {fmt(row['cpu1_busy_pct'])} | {fmt(row.get('cpu0_busy_pct'))} | {notes(row)} |"
-        )
-    return "\n".join(lines)
-
-
-def ratio_table(rows: Sequence[dict[str, Any]], scenarios: Sequence[Scenario]) -> str:
-    index = {(r["target"], r["scenario"]): r for r in rows}
-    lines = [
-        "| per proxy CPU-second | " + " | ".join(f"fastproxy/{o}" for o in COMPARED) + " |",
-        "|---|" + "--:|" * len(COMPARED),
-    ]
-    for scenario in scenarios:
-        fp = index.get(("fastproxy", scenario.name), {}).get("per_cpu_second")
-        cells = []
-        for other in COMPARED:
-            ref = index.get((other, scenario.name), {}).get("per_cpu_second")
-            cells.append(f"{fp / ref:.2f}×" if fp and ref else "n/a")
-        lines.append(
-            f"| {scenario.per_cpu_unit}/CPU-s, {scenario.label} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines)
-
-
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     """Scenario (d): p50/p90/p99 per target and what the proxy adds over the references."""
     lat = {r["target"]: r.get("details", {}) for r in rows if r["scenario"] == "latency"}
@@ -851,52 +737,12 @@ def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def wrk_problems(rows: Sequence[dict[str, Any]]) -> str:
-    """Every wrk error line (non-2xx, socket errors) and failed row, verbatim."""
-    lines = []
-    for row in rows:
-        out = row.get("details", {}).get("wrk_output", "")
-        bad = [
-            line.strip()
-            for line in out.splitlines()
-            if line.strip().startswith(("Socket errors", "Non-2xx"))
-        ]
-        if row.get("error"):
-            bad.append(f"error: {row['error']}")
-        if bad:
-            lines.append(f"* {row['target']}, {row['label']}: " + " / ".join(bad))
-    return "\n".join(lines) if lines else "No wrk socket errors, no non-2xx responses, no failed row."
-
-
-# ================================================================== idle
-
-
-def wait_idle(max_wait: float, window: float = 3.0) -> dict[str, float]:
-    """Wait (up to max_wait s) for a `window`-second stretch with both CPUs < IDLE_PCT busy.
-
-    Returns the busy % of the last window (the run goes on regardless: a busy
-    machine is reported, the rows are flagged by tcp_bench's contention check)."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy = tb.idle_check(window)
-        if all(v <= IDLE_PCT for v in busy.values()) or time.monotonic() >= deadline:
-            return busy
-        log(f"waiting for an idle machine (busy %: {tb.fmt_idle(busy)})")
-
-
 # =================================================================== main
 
 
 def check_prerequisites(targets: Sequence[str]) -> None:
     tools = ["taskset", "wrk", "nginx"] + (["haproxy"] if "haproxy" in targets else [])
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        raise SystemExit(
-            f"missing tools: {missing}. Install (Debian, as root): apt-get update; "
-            "apt-get install -y wrk nginx haproxy"
-        )
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("needs at least 2 CPUs (load on CPU 0, proxy on CPU 1)")
+    harness.missing_tools_exit(tools, "wrk nginx haproxy")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -905,40 +751,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--big-mib", type=int, default=256, help="size of /big in MiB")
     parser.add_argument("--downloads", type=int, default=4, help="GET /big per download run")
-    parser.add_argument(
-        "--fastproxy-cmd",
-        default=f"{shlex.quote(sys.executable)} -m fastproxy",
-        help="command that starts fastproxy (`run -c FILE` is appended)",
+    harness.add_fastproxy_cmd_arg(parser)
+    harness.add_wait_idle_and_output_args(parser)
+    return harness.parse_checked(
+        parser,
+        argv,
+        [
+            ("big_mib", 1, 4096, "--big-mib must be 1..4096"),
+            ("downloads", 1, 64, "--downloads must be 1..64"),
+        ],
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="seconds to wait for a 3 s idle stretch on both CPUs before starting",
-    )
-    parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--keep-workdir", action="store_true")
-    args = parser.parse_args(argv)
-    if not 1 <= args.duration <= 600:
-        parser.error("--duration must be 1..600 seconds")
-    if not 1 <= args.big_mib <= 4096:
-        parser.error("--big-mib must be 1..4096")
-    if not 1 <= args.downloads <= 64:
-        parser.error("--downloads must be 1..64")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    check_prerequisites(names)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    os.sched_setaffinity(0, {LOAD_CPU})
+    names = harness.prepare(args, check_prerequisites)
     targets = make_targets(names, shlex.split(args.fastproxy_cmd))
     scenarios = make_scenarios(args.duration, args.big_mib, args.downloads)
-    facts = tb.machine_facts()
+    facts = harness.machine_facts()
     facts["proxypy"] = proxypy_version()
-    facts["idle_check_busy_pct"] = wait_idle(args.wait_idle)
+    facts["idle_check_busy_pct"] = harness.wait_idle(args.wait_idle)
     rows: list[dict[str, Any]] = []
 
     workdir = Path(tempfile.mkdtemp(prefix="fpbench-http-"))
@@ -959,43 +791,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    settings = {
-        "targets": names,
-        "duration_s": args.duration,
-        "big_mib": args.big_mib,
-        "downloads": args.downloads,
-        "load_cpu": LOAD_CPU,
-        "proxy_cpu": PROXY_CPU,
-        "fastproxy_cmd": args.fastproxy_cmd,
-    }
+    settings = harness.run_settings(
+        names, args, {"big_mib": args.big_mib, "downloads": args.downloads}
+    )
     report = "\n\n".join(
         [
-            (
-                f"### http_bench {facts['date']} — {facts['cpu_model']}, "
-                f"{facts['nproc']} CPUs, kernel {facts['kernel']}"
-            ),
+            harness.report_title("http_bench", facts),
             (
                 f"duration {args.duration} s per wrk run, /big {args.big_mib} MiB ×"
                 f"{args.downloads} per download run, load+backend on CPU {LOAD_CPU}, proxy on "
                 f"CPU {PROXY_CPU}; idle check before start (busy %): "
-                f"{tb.fmt_idle(facts['idle_check_busy_pct'])}; repo HEAD {facts['repo_head']}; "
+                f"{harness.fmt_idle(facts['idle_check_busy_pct'])}; repo HEAD {facts['repo_head']}; "
                 f"proxy.py {facts['proxypy']}"
             ),
-            results_table(rows),
-            ratio_table(rows, scenarios),
+            harness.results_table(rows, notes),
+            harness.ratio_table(rows, scenarios, COMPARED),
             latency_table(rows),
-            "wrk errors and failures:\n\n" + wrk_problems(rows),
+            "wrk errors and failures:\n\n" + harness.wrk_problems(rows),
         ]
     )
     print(report)
-    out = args.json_out or OUT_DIR / f"http_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"machine": facts, "settings": settings, "results": rows, "markdown": report}, indent=2
-        )
-    )
-    log(f"raw results: {out}")
+    out = args.json_out or harness.default_json_out("http_bench")
+    harness.write_json(out, facts, settings, rows, report)
     return 0
 
 
