@@ -108,15 +108,22 @@ class Backend:
             t.join(TIMEOUT)
 
 
-def echo_handler(conn: socket.socket, backend: Backend) -> None:
-    """Echo until EOF, then half-close back."""
+def _received(conn: socket.socket) -> Iterator[memoryview]:
+    """What ``conn`` receives until EOF, a chunk at a time (each a view into one
+    1 MiB buffer: valid until the next chunk is received)."""
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     while True:
         n = conn.recv_into(view)
         if not n:
-            break
-        conn.sendall(view[:n])
+            return
+        yield view[:n]
+
+
+def echo_handler(conn: socket.socket, backend: Backend) -> None:
+    """Echo until EOF, then half-close back."""
+    for chunk in _received(conn):
+        conn.sendall(chunk)
     conn.shutdown(socket.SHUT_WR)
 
 
@@ -124,14 +131,9 @@ def hash_handler(conn: socket.socket, backend: Backend) -> None:
     """Read until EOF, then answer the byte count and sha256 of what came."""
     digest = hashlib.sha256()
     total = 0
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    while True:
-        n = conn.recv_into(view)
-        if not n:
-            break
-        digest.update(view[:n])
-        total += n
+    for chunk in _received(conn):
+        digest.update(chunk)
+        total += len(chunk)
     conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
 
 
@@ -252,8 +254,9 @@ def config_text(*, port: int, admin_port: int, pidfile: Path, upstreams: list[st
         """)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a master and every process it started, by pid."""
+def _stop(proc: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> None:
+    """Stop a master and every process it started, by pid: SIGTERM it, SIGKILL it
+    if it is still running after ``timeout``, then SIGKILL any child it left."""
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -261,14 +264,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(TIMEOUT)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(TIMEOUT)
+            proc.wait(timeout)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-    psutil.wait_procs(children, timeout=TIMEOUT)
+    psutil.wait_procs(children, timeout=timeout)
 
 
 @pytest.fixture

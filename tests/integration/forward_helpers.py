@@ -3,7 +3,7 @@
 ``ForwardRunner.start(forward={...})`` writes a config with one forward
 listener (``"fwd"``) and a ``[forward]`` table, starts a real master the way
 ``http_helpers.HttpProxyRunner`` does, and ``stop_all()`` stops every master
-it started by pid (``http_helpers.stop_master``).
+it started by pid (``http_helpers.MasterRunner``).
 
 Also here: a raw CONNECT client (``open_tunnel``), ``passwd_line`` (runs
 ``python -m fastproxy passwd NAME``), a TLS echo server and an HTTP backend
@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import HOST, TIMEOUT, Backend, free_port, wait_until
+from tests.integration.helpers import recv_all
 from tests.integration.http_backends import HttpBackend, Seen, _Handler, _Server
-from tests.integration.http_helpers import HttpClient, HttpProxy, Response, stop_master
+from tests.integration.http_helpers import HttpClient, HttpProxy, MasterRunner, Response
 
 MiB = 1 << 20
 
@@ -116,12 +117,8 @@ class ForwardProxy(HttpProxy):
         return next((s for s in self.servers() if s["name"] == name), None)
 
 
-class ForwardRunner:
+class ForwardRunner(MasterRunner[ForwardProxy]):
     """Starts forward-proxy masters in ``workdir``; ``stop_all()`` stops them by pid."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[ForwardProxy] = []
 
     def start(self, forward: dict[str, Any] | None = None, *, access: bool = True,
               workers: int = 1, timeouts: dict[str, float] | None = None) -> ForwardProxy:
@@ -135,24 +132,9 @@ class ForwardRunner:
             forward={**BASE_FORWARD, **(forward or {})},
             access=str(access_path) if access_path else "off", workers=workers,
             timeouts=timeouts))
-        error_log = self.workdir / f"fwd-{n}.log"
-        with open(error_log, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c",
-                                     str(config_path)], cwd=self.workdir, stdout=log,
-                                    stderr=subprocess.STDOUT)
-        proxy = ForwardProxy(proc, self.workdir, config_path, pidfile, admin_port, {"fwd": port},
-                             access_log=access_path, error_log=error_log)
-        self.started.append(proxy)
-        try:
-            proxy.wait_workers(workers)
-        except AssertionError:
-            raise AssertionError("proxy did not start:\n" + error_log.read_text(errors="replace")
-                                 + "\n" + config_path.read_text()) from None
-        return proxy
-
-    def stop_all(self) -> None:
-        for proxy in self.started:
-            stop_master(proxy.proc)
+        return self.launch(ForwardProxy, config_path, pidfile, admin_port, {"fwd": port},
+                           access_log=access_path, error_log=self.workdir / f"fwd-{n}.log",
+                           workers=workers)
 
 
 # -- clients -------------------------------------------------------------------------------
@@ -230,14 +212,7 @@ def exchange_bulk(sock: socket.socket, data: bytes, expect: int) -> bytes:
 
 
 def recv_until_eof(sock: socket.socket, limit: int = 64 * MiB) -> bytes:
-    chunks, got = [], 0
-    while got < limit:
-        data = sock.recv(1 << 20)
-        if not data:
-            break
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
+    return recv_all(sock, limit, 1 << 20)
 
 
 def passwd_line(name: str, password: str, cwd: Path) -> tuple[str, str]:

@@ -29,12 +29,12 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_all(sock: socket.socket, limit: int = 1 << 30) -> bytes:
-    """Read until EOF (or ``limit`` bytes)."""
+def recv_all(sock: socket.socket, limit: int = 1 << 30, bufsize: int = 1 << 16) -> bytes:
+    """Read until EOF (or ``limit`` bytes), ``bufsize`` bytes a ``recv`` at the most."""
     chunks = []
     got = 0
     while got < limit:
-        data = sock.recv(1 << 16)
+        data = sock.recv(bufsize)
         if not data:
             break
         chunks.append(data)

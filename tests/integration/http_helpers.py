@@ -9,8 +9,6 @@ interim responses) so that tests see exactly what the proxy sends.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +16,12 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
-import psutil
 import pytest
 
 from tests.conftest import HOST, TIMEOUT, Proxy, free_port
+from tests.conftest import _stop as stop_master  # one way to stop a master, by pid
 
 # -- configuration -----------------------------------------------------------------------
 
@@ -120,31 +119,41 @@ class HttpProxy(Proxy):
             assert self.worker_pids() == workers, self.log_text()
 
 
-def stop_master(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a master and every process it started, by pid."""
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(TIMEOUT)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(children, timeout=TIMEOUT)
+P = TypeVar("P", bound=HttpProxy)
 
 
-class HttpProxyRunner:
+class MasterRunner(Generic[P]):
     """Starts masters in ``workdir``; ``stop_all()`` stops them by pid."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.started: list[HttpProxy] = []
+        self.started: list[P] = []
+
+    def launch(self, proxy_type: type[P], config_path: Path, pidfile: Path, admin_port: int,
+               ports: dict[str, int], *, access_log: Path | None, error_log: Path,
+               workers: int) -> P:
+        """Run a master on ``config_path`` (output to ``error_log``) and wait for
+        its ``workers``; the proxy is stopped by ``stop_all()``."""
+        with open(error_log, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c", str(config_path)],
+                                    cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        proxy = proxy_type(proc, self.workdir, config_path, pidfile, admin_port, ports,
+                           access_log=access_log, error_log=error_log)
+        self.started.append(proxy)
+        try:
+            proxy.wait_workers(workers)
+        except AssertionError:
+            raise AssertionError("proxy did not start:\n" + error_log.read_text(errors="replace")
+                                 + "\n" + config_path.read_text()) from None
+        return proxy
+
+    def stop_all(self) -> None:
+        for proxy in self.started:
+            stop_master(proxy.proc)
+
+
+class HttpProxyRunner(MasterRunner[HttpProxy]):
+    """Starts http-mode masters in ``workdir``; ``stop_all()`` stops them by pid."""
 
     def start(self, upstreams: dict[str, list[str] | dict[str, object]], *,
               routes: list[dict[str, str]] | None = None, timeouts: dict[str, float] | None = None,
@@ -164,24 +173,10 @@ class HttpProxyRunner:
         config_path.write_text(http_config_text(
             admin_port=admin_port, pidfile=pidfile, listeners=listeners, upstreams=upstreams,
             access=str(access_path) if access_path else "off", fmt=fmt, workers=workers))
-        error_log = self.workdir / f"http-{n}.log"
-        with open(error_log, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c", str(config_path)],
-                                    cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
-        proxy = HttpProxy(proc, self.workdir, config_path, pidfile, admin_port,
-                          {spec.name: spec.port for spec in listeners},
-                          access_log=access_path, error_log=error_log)
-        self.started.append(proxy)
-        try:
-            proxy.wait_workers(workers)
-        except AssertionError:
-            raise AssertionError("proxy did not start:\n" + error_log.read_text(errors="replace")
-                                 + "\n" + config_path.read_text()) from None
-        return proxy
-
-    def stop_all(self) -> None:
-        for proxy in self.started:
-            stop_master(proxy.proc)
+        return self.launch(HttpProxy, config_path, pidfile, admin_port,
+                           {spec.name: spec.port for spec in listeners},
+                           access_log=access_path, error_log=self.workdir / f"http-{n}.log",
+                           workers=workers)
 
 
 @pytest.fixture

@@ -31,10 +31,8 @@ from fastproxy.upstream.balance import IpHash
 from fastproxy.worker import PASSIVE_FAILS, USABLE_TTL
 from tests.conftest import HOST, TIMEOUT, Backend, free_port, wait_until
 from tests.integration import http_helpers
-from tests.integration.http_backends import HttpBackend, head_field, read_head
+from tests.integration.http_backends import head_field, read_head
 from tests.integration.http_helpers import HttpClient, HttpProxy, build_request, exchange
-
-run_http_proxy = http_helpers.run_http_proxy  # the fixture, under its own name
 
 CLOSE = [("Connection", "close")]
 HOLD_LIMIT = 20.0        # a held request is answered after this at the latest
@@ -42,20 +40,6 @@ HOLD_LIMIT = 20.0        # a held request is answered after this at the latest
 # /stats shows a new verdict, picks made after this long use it.
 SETTLE = USABLE_TTL * 3
 FAST_HEALTH = {"interval": 0.2, "timeout": 0.5, "rise": 1, "fall": 2}
-
-
-@pytest.fixture
-def http_backend_factory() -> Iterator[Callable[..., HttpBackend]]:
-    made: list[HttpBackend] = []
-
-    def make(name: str = "app") -> HttpBackend:
-        backend = HttpBackend(name)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
 
 
 def served_by(port: int, target: str = "/", **kwargs: object) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from tests.integration.http_backends import HttpBackend, close_without_answer_handler
-from tests.integration.http_helpers import build_request, raw_exchange, run_http_proxy  # noqa: F401
+from tests.integration.http_helpers import build_request, raw_exchange
 
 
 def test_idempotent_request_goes_to_the_next_server_when_one_drops_it(
-        run_http_proxy, backend_factory) -> None:  # noqa: F811
+        run_http_proxy, backend_factory) -> None:
     dropper = backend_factory(close_without_answer_handler)
     good = HttpBackend("good")
     try:

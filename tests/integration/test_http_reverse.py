@@ -20,7 +20,6 @@ import psutil
 import pytest
 
 from tests.conftest import free_port, wait_until
-from tests.integration import http_helpers
 from tests.integration.http_backends import (
     WS_GREETING,
     HttpBackend,
@@ -49,27 +48,11 @@ from tests.integration.http_helpers import (
     raw_exchange,
 )
 
-run_http_proxy = http_helpers.run_http_proxy  # the fixture, under its own name
-
 MiB = 1 << 20
 SIZES = [1, 1000, 100_000, 1_000_000, 8 * MiB]
 SIZE_IDS = ["1B", "1000B", "100kB", "1MB", "8MiB"]
 HOP_BY_HOP = ("connection", "keep-alive", "te", "trailer", "proxy-connection", "upgrade",
               "http2-settings", "transfer-encoding")
-
-
-@pytest.fixture
-def http_backend_factory() -> Iterator[Callable[..., HttpBackend]]:
-    made: list[HttpBackend] = []
-
-    def make(name: str = "app") -> HttpBackend:
-        backend = HttpBackend(name)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
 
 
 @pytest.fixture

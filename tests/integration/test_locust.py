@@ -5,104 +5,25 @@ bench/locust_backend.py (subprocess) <- fastproxy (subprocess, mode = "http")
 and its CSV stats show requests and no failure (every response is checked by
 the locustfile: status, body bytes, echo length and sha256).
 
-Skipped when Locust is not installed (it is the ``bench`` extra, not ``test``).
-Locust is only looked up here, never imported: importing it would let gevent
-monkey-patch the pytest process. Loopback only; every process is stopped by
-pid in ``finally``; the whole test is bounded well under 60 s.
+Skipped when Locust is not installed (the ``bench`` extra); how Locust and the
+processes are run and stopped: ``locust_helpers``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import importlib.util
-import signal
-import socket
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import HOST, ROOT, free_port
+from tests.conftest import HOST, free_port
+from tests.integration import locust_helpers as lh
 
 pytestmark = pytest.mark.slow
 
-LOCUST_SECONDS = 5
-LOCUST_TIMEOUT = 40.0  # hard cap on the locust run (start-up + 5 s + shutdown)
-START_TIMEOUT = 10.0
-
-
-def _locust_available() -> bool:
-    return importlib.util.find_spec("locust") is not None
-
-
-def _get_1k(port: int) -> bool:
-    """One GET /1k with Connection: close; True on a 200 with a 1024-byte body."""
-    try:
-        with socket.create_connection((HOST, port), timeout=1.0) as sock:
-            sock.sendall(b"GET /1k HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            data = b""
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return False
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head.startswith(b"HTTP/1.1 200") and len(body) == 1024
-
-
-def _wait_serving(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if _get_1k(port):
-            return
-        time.sleep(0.05)
-    state = f"exited rc={proc.returncode}" if proc.poll() is not None else "not serving"
-    pytest.fail(f"{what} {state} on {HOST}:{port}; log:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process, then SIGKILL it and any child it left (by pid)."""
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(children, timeout=5)
-
 
 def _fastproxy_config(tmp_path: Path, port: int, admin_port: int, backend_port: int) -> Path:
-    config = tmp_path / "fastproxy.toml"
-    config.write_text(textwrap.dedent(f"""\
-        [server]
-        workers = 1
-        pidfile = "{tmp_path / 'fastproxy.pid'}"
-        graceful_timeout = 5.0
-
-        [log]
-        access = "off"
-
-        [admin]
-        listen = "{HOST}:{admin_port}"
-
+    return lh.write_config(tmp_path, "fastproxy.toml", admin_port, f"""\
         [[listener]]
         name = "web"
         listen = "{HOST}:{port}"
@@ -112,62 +33,25 @@ def _fastproxy_config(tmp_path: Path, port: int, admin_port: int, backend_port: 
         [upstream.b]
         servers = ["{HOST}:{backend_port}"]
         keepalive = 16
-        """))
-    return config
+        """)
 
 
-@pytest.mark.skipif(not _locust_available(), reason="locust not installed (pip install locust)")
+@pytest.mark.skipif(not lh.locust_available(),
+                    reason="locust not installed (pip install locust)")
 def test_locustfile_through_fastproxy_http_mode(tmp_path: Path) -> None:
     backend_port, proxy_port, admin_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        backend_log = tmp_path / "backend.log"
-        with open(backend_log, "wb") as out:
-            backend = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "locust_backend.py"),
-                 "--port", str(backend_port)],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        procs.append(backend)
-        _wait_serving(backend, backend_port, "locust_backend", backend_log)
+        lh.start_backend(tmp_path, backend_port, procs)
 
         config = _fastproxy_config(tmp_path, proxy_port, admin_port, backend_port)
-        proxy_log = tmp_path / "fastproxy.log"
-        with open(proxy_log, "wb") as out:
-            proxy = subprocess.Popen(
-                [sys.executable, "-m", "fastproxy", "run", "-c", str(config)],
-                cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        procs.append(proxy)
-        _wait_serving(proxy, proxy_port, "fastproxy", proxy_log)
+        proxy, proxy_log = lh.start_fastproxy(tmp_path, config, procs)
+        lh.wait_serving(proxy, proxy_port, "fastproxy", proxy_log)
 
-        prefix = tmp_path / "locust"
-        locust_log = tmp_path / "locust.log"
-        with open(locust_log, "wb") as out:
-            locust = subprocess.Popen(
-                [sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"),
-                 "--headless", "-u", "5", "-r", "5", "-t", f"{LOCUST_SECONDS}s",
-                 "--host", f"http://{HOST}:{proxy_port}", "--csv", str(prefix),
-                 "--exit-code-on-error", "1", "--only-summary", "--stop-timeout", "2"],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        procs.append(locust)
-        try:
-            rc = locust.wait(LOCUST_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"locust still running after {LOCUST_TIMEOUT:.0f}s")
-        output = locust_log.read_text(errors="replace")
-        assert rc == 0, f"locust exit code {rc}; output:\n{output[-3000:]}"
-
-        stats_csv = Path(f"{prefix}_stats.csv")
-        assert stats_csv.exists(), f"no {stats_csv.name}; locust output:\n{output[-3000:]}"
-        with open(stats_csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        aggregated = [row for row in rows if row["Name"] == "Aggregated"]
-        assert len(aggregated) == 1, rows
-        total = aggregated[0]
-        assert int(total["Failure Count"]) == 0, f"failures:\n{output[-3000:]}"
-        assert int(total["Request Count"]) > 0, rows
-        names = {row["Name"] for row in rows}
-        assert {"GET /1k", "GET /1m", "POST /echo 64k"} <= names, names
+        prefix, output = lh.run_locust(tmp_path, "locustfile.py", f"http://{HOST}:{proxy_port}",
+                                       procs)
+        lh.check_stats(prefix, output)
         assert proxy.poll() is None, "fastproxy exited during the locust run"
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            lh.stop(proc)
