@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 YOUNG_DEATH_SECONDS = 5.0
 BACKOFF_BASE = 0.1
@@ -45,7 +45,6 @@ class SlotHistory:
 
     young_deaths: int = 0
     respawn_pending: bool = False
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def respawn_delay(young_deaths: int) -> float:

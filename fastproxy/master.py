@@ -50,7 +50,7 @@ from fastproxy.errors import ConfigError
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
-from fastproxy.stats.shm import Segment, SlotState, segment_path
+from fastproxy.stats.shm import Segment, SegmentFull, SlotState, segment_path
 from fastproxy.upstream.health import HealthChecker
 from fastproxy.upstream.parents import all_upstreams
 from fastproxy.worker import Worker, WorkerSpec
@@ -65,7 +65,8 @@ EXIT_CONFIG = 1
 EXIT_START = 2
 STOP_KILL_AFTER = 5.0          # TERM: SIGKILL workers still alive after this
 RETIRE_DELAY = 0.25            # between steering away from a slot and draining it
-READY_TIMEOUT = 15.0           # a reload reports failure if new workers are not ready by then
+READY_TIMEOUT = 15.0
+FORK_RETRY = 1.0               # after fork() itself failed           # a reload reports failure if new workers are not ready by then
 MAX_SERVERS = 256
 # Splice pipes: 1 MiB halves the syscalls per byte of 256 KiB ones (bulk
 # relay measured at 3.5 vs 2.3 GB per CPU-second, bench/RESULTS.md). A user
@@ -243,10 +244,23 @@ class Master:
 
     def _spawn(self, slot: int) -> None:
         assert self.segment is not None
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         sockets = self.listeners.sockets_for(slot, self.config.listeners)
-        stats_index = self.segment.claim_slot(0, self.generation, slot, time.time())
-        pid = os.fork()
+        try:
+            stats_index = self.segment.claim_slot(0, self.generation, slot, time.time())
+        except SegmentFull as exc:
+            log.error("cannot start a worker for slot %d: %s", slot, exc)
+            return
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN/ENOMEM: give back what was taken, try again later
+            os.close(status_r)
+            os.close(status_w)
+            self.segment.retire_slot(stats_index)
+            log.error("cannot fork a worker for slot %d: %s; retrying in %.0fs",
+                      slot, exc, FORK_RETRY)
+            self.reactor.call_later(FORK_RETRY, functools.partial(self._respawn_if_wanted, slot))
+            return
         if pid == 0:  # child: never returns
             code = 1
             try:
@@ -267,6 +281,11 @@ class Master:
         self.workers[pid] = record
         self.reactor.register(status_r, EVENT_READ, functools.partial(self._on_status_event, record))
         log.debug("spawned worker pid %d slot %d generation %d", pid, slot, self.generation)
+
+    def _respawn_if_wanted(self, slot: int) -> None:
+        if not self.stopping and slot < self.slots and not any(
+                w.slot == slot and w.generation == self.generation for w in self.workers.values()):
+            self._spawn(slot)
 
     def _close_in_child(self, keep: set[int]) -> None:
         """Close what the master owns and the worker must not hold.
@@ -501,8 +520,7 @@ class Master:
 
         def respawn(slot: int = record.slot) -> None:
             history.respawn_pending = False
-            if not self.stopping and slot < self.slots:
-                self._spawn(slot)
+            self._respawn_if_wanted(slot)
 
         self.reactor.call_later(delay, respawn)
 
