@@ -145,6 +145,7 @@ class HttpSession(UpstreamLink):
         now = self.ctx.reactor.now
         self.last_client = self.last_upstream = self.head_started = now
         self.client_eof = False
+        self.req_fed = True   # the request parser may have an event to give
         self.served = 0
         self._relay: Relay | None = None
         # The upstream connection of the last exchange, kept attached while
@@ -177,6 +178,7 @@ class HttpSession(UpstreamLink):
         self.upstream_started = 0.0
         self.upstream_time: float | None = None
         self.client_keepalive = False
+        self.resp_fed = False         # the response parser may have an event to give
         self.active_counted = False   # this exchange holds one of the server's "active"
         self.head = b""               # the forwarded request head (for a retry)
         self.reuse_ok = True          # may take a pooled/parked upstream connection
@@ -310,6 +312,7 @@ class HttpSession(UpstreamLink):
                 self.head_started = self.ctx.reactor.now
             self.ctx.c[C.bytes_in] += len(data)
         self.parser.receive_data(data)
+        self.req_fed = True
 
     # -- driving the parsers --------------------------------------------------------
     def _drive(self) -> None:
@@ -338,12 +341,15 @@ class HttpSession(UpstreamLink):
 
     def _drive_request(self) -> bool:
         if self.phase is Phase.HEAD:
+            if not self.req_fed:
+                return False
             event = self.parser.next_event()
             if isinstance(event, Request):
                 self._begin(event)
                 return True
             if isinstance(event, ConnectionClosed):
                 self._close_after_flush()
+            self.req_fed = False  # nothing more until the client sends bytes
             return False
         if self.phase is not Phase.FORWARD or self.req_done or self.req_mover is not None:
             return False
@@ -370,7 +376,7 @@ class HttpSession(UpstreamLink):
 
     def _drive_response(self) -> bool:
         assert self.resp is not None
-        if self.resp_done or self.resp_mover is not None:
+        if self.resp_done or self.resp_mover is not None or not self.resp_fed:
             return False
         progress = False
         while len(self.cout) < MAX_BUFFER:
@@ -389,6 +395,7 @@ class HttpSession(UpstreamLink):
                 self._response_complete()
                 return True
             else:
+                self.resp_fed = False  # nothing more until bytes arrive or cout drains
                 if event is NEED_DATA and not self.cout and self._splice_worthy(self.resp):
                     assert self.up is not None
                     self.resp_mover = Mover(self.ctx.pool, self.ctx.c, self.up, self.client,
@@ -534,6 +541,7 @@ class HttpSession(UpstreamLink):
             self._close_after_flush()
             return
         self.parser.start_next()
+        self.req_fed = True  # pipelined bytes may already wait
         self._reset_exchange()
         self.phase = Phase.HEAD
         self.head_started = self.last_client = self.ctx.reactor.now
@@ -630,6 +638,7 @@ class HttpSession(UpstreamLink):
             return False
         if self.resp_mover.eof:
             self.resp.receive_data(b"")
+            self.resp_fed = True
         self.resp_mover = None
         event = self.resp.next_event()
         assert isinstance(event, EndOfMessage)
@@ -652,8 +661,11 @@ class HttpSession(UpstreamLink):
             return
         del self.cout[:n]
         self.ctx.c[C.bytes_out] += n
-        if not self.cout and self.phase is Phase.CLOSING:
-            self.close()
+        if not self.cout:
+            if self.phase is Phase.CLOSING:
+                self.close()
+            else:
+                self.resp_fed = True  # room again: the response may go on (or splice)
 
     def _update_interest(self) -> None:
         if self.phase in (Phase.CLOSED, Phase.TUNNEL):

@@ -67,6 +67,7 @@ class UpstreamLink:
     resp_bytes: int
     resp_head_sent: bool
     resp_done: bool
+    resp_fed: bool
     cout: bytearray
     _step_req_mover: Callable[[], bool]
     _step_resp_mover: Callable[[], bool]
@@ -267,6 +268,7 @@ class UpstreamLink:
         self.ctx.c[C.upstream_bytes_in] += len(data)
         self.resp_bytes += len(data)
         self.resp.receive_data(data)
+        self.resp_fed = True
 
     def _flush_upstream(self) -> None:
         if self.up is None or self.phase is not Phase.FORWARD:
