@@ -157,9 +157,10 @@ class TcpSession:
         duration = ctx.reactor.now - self.started
         ctx.slot.observe(_HIST_SESSION, duration)
         ctx.session_closed(self)
-        upstream = self.upstream.names[self.server] if self.server >= 0 else ""
-        ctx.access.tcp_session(self.addr[0], self.mode.listener.name, status, sent,
-                               received, upstream, duration)
+        if ctx.access.enabled:
+            upstream = self.upstream.names[self.server] if self.server >= 0 else ""
+            ctx.access.tcp_session(self.addr[0], self.mode.listener.name, status, sent,
+                                   received, upstream, duration)
 
     def abort(self) -> None:
         """Close at once (fast shutdown or drain deadline)."""
