@@ -151,6 +151,13 @@ class Resolver:
         handle._timer = self._reactor.call_later(self._timeout, lambda: self._expire(handle))
         return handle
 
+    def peek(self, host: str, port: int) -> list[Address] | None:
+        """The cached addresses of the name ``host``, with ``port``, or None.
+        Counts nothing: a caller that uses the answer counts it as a lookup
+        answered from the cache."""
+        cached = self._cached(host.lower())
+        return None if cached is None else _with_port(cached, port)
+
     def close(self) -> None:
         """Drop every pending callback, stop the threads, close the pipe. Idempotent. Idle
         threads are joined; one still inside getaddrinfo exits when that call returns."""

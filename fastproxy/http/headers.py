@@ -96,6 +96,12 @@ def add_via(headers: Iterable[Field], received_version: bytes = b"1.1",
     return [*headers, (b"Via", received_version + b" " + pseudonym)]
 
 
+def is_field_address(address: str) -> bool:
+    """Whether ``add_forwarded_for`` takes ``address`` as it is (an IP
+    address without a zone id)."""
+    return _ADDRESS.fullmatch(address.encode()) is not None
+
+
 def add_forwarded_for(headers: Iterable[Field], client: bytes, *, proto: bytes | None = None,
                       host: bytes | None = None, replace: bool = False) -> list[Field]:
     """Record the client in X-Forwarded-For, and set X-Forwarded-Proto/-Host if given.

@@ -49,6 +49,7 @@ from fastproxy.http import (
     remove_hop_by_hop,
     serialize_request,
 )
+from fastproxy.http.quick import quick_forward_get, quick_response_head
 from fastproxy.modes.httpcommon import REASONS, Phase, error_response
 from fastproxy.modes.reverse import HttpMode, HttpSession
 from fastproxy.resolver import Cancel, Resolver
@@ -104,6 +105,9 @@ class ForwardMode(HttpMode):
         from fastproxy.modes.httpcommon import parser_limits
 
         self.limits = parser_limits(listener.limits)
+        self.quick_requests = self.quick_memo(quick_forward_get)
+        self.quick_responses = (self.quick_memo(quick_response_head, keep_alive=False),
+                                self.quick_memo(quick_response_head, keep_alive=True))
         forward = ctx.config.forward
         self.forward = forward
         self.policy = Policy.from_config(forward)
@@ -114,6 +118,8 @@ class ForwardMode(HttpMode):
         self._verdicts: dict[tuple[str, str], str | None] = {}
         self._destinations: dict[tuple[str, tuple[Any, ...]], Destination] = {}
         self._next_source = 0
+        # What the anonymity level appends to a forwarded head (``_rewrite_headers``).
+        self.anonymity_suffix = b"" if forward.anonymity == "elite" else b"Via: 1.1 fastproxy\r\n"
         if ctx.resolver is None:
             ctx.resolver = Resolver(ctx.reactor, forward.dns_cache_ttl, counters=ctx.c)
         self.resolver: Resolver = ctx.resolver
@@ -192,6 +198,7 @@ class ForwardSession(HttpSession):
         self.via_parent = False
         self.source: str | None = None
         self.checking = False      # credentials being verified in a thread
+        self.express_dns = False   # the express request's addresses came from the DNS cache
 
     # -- admission ------------------------------------------------------------------------
     def _admit(self, request: Request) -> bool:
@@ -236,16 +243,53 @@ class ForwardSession(HttpSession):
             raise ProtocolError("only http:// targets are forwarded; use CONNECT", status=400)
         else:
             raise ProtocolError("not a proxy request (absolute-form or CONNECT expected)")
-        text = authority.decode("ascii", "replace")
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ""
-        else:
-            host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
-        port = int(port_text) if port_text.isdigit() else default
-        if not host or not 0 < port < 65536:
-            raise ProtocolError("bad destination")
-        return host.lower(), port
+        return split_authority(authority, default)
+
+    # -- the express lane (``express``) -------------------------------------------------
+    def _express_plan(self, data: bytes) -> tuple[Any, list[int], bytes, bool] | None:
+        """The forward proxy's quick GET: admitted as ``_admit`` would admit it
+        (client address, cached credentials), to a destination known without
+        waiting (an IP literal or a cached name) that the guard allows.
+        Parent proxies and egress rotation take the general path."""
+        mode = self.mode
+        if mode.parents or mode.sources:
+            return None
+        found = mode.quick_requests(data)
+        if found is None:
+            return None
+        authority, path, keep_alive, fields, credentials = found
+        client = self.addr[0]
+        if not mode.policy.client_allowed(client):
+            return None
+        if mode.auth.required and not isinstance(mode.auth.cached(credentials), str):
+            return None
+        try:
+            host, port = split_authority(authority, 80)
+        except ProtocolError:
+            return None
+        addresses = mode.literal(host, port)
+        self.express_dns = addresses is None
+        if addresses is None:
+            addresses = mode.resolver.peek(host, port)
+            if addresses is None:
+                return None
+        allowed = [(family, sockaddr) for family, sockaddr in addresses
+                   if mode.verdict(sockaddr[0], host) is None]
+        if not allowed:
+            return None
+        destination = mode.destination(f"{host}:{port}", allowed)
+        self.dest_host, self.dest_port = host, port
+        head = (b"GET " + path + b" HTTP/1.1\r\nHost: " + authority + b"\r\n" + fields
+                + mode.anonymity_suffix + (b"X-Forwarded-For: " + client.encode() + b"\r\n\r\n"
+                                           if mode.forward.anonymity == "transparent" else b"\r\n"))
+        return destination, destination.candidates(client), head, keep_alive
+
+    def _express_admitted(self) -> None:
+        c = self.ctx.c
+        c[C.forward_requests] += 1
+        if self.express_dns:
+            c[C.dns_lookups] += 1
+            c[C.dns_cache_hits] += 1
 
     def _checked(self, pending: PendingCheck, request: Request, user: str | None) -> None:
         """Credentials verified in a resolver thread: cache, then admit again."""
@@ -391,4 +435,18 @@ class ForwardSession(HttpSession):
         super().close(reset)
 
 
-__all__ = ["ForwardMode", "ForwardSession", "REASONS"]
+def split_authority(authority: bytes, default: int) -> tuple[str, int]:
+    """``(host in lowercase, port)`` of a request's authority; ProtocolError when unusable."""
+    text = authority.decode("ascii", "replace")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    port = int(port_text) if port_text.isdigit() else default
+    if not host or not 0 < port < 65536:
+        raise ProtocolError("bad destination")
+    return host.lower(), port
+
+
+__all__ = ["REASONS", "ForwardMode", "ForwardSession", "split_authority"]

@@ -22,6 +22,7 @@ class Phase(enum.Enum):
     HEAD = "head"            # reading a request head
     CONNECT = "connect"      # connecting to an upstream
     FORWARD = "forward"      # exchanging with the upstream
+    EXPRESS = "express"      # a quick GET sent, its answer awaited (``express``)
     CLOSING = "closing"      # flushing a last response, then close
     TUNNEL = "tunnel"        # a Relay owns both sockets
     CLOSED = "closed"

@@ -261,6 +261,11 @@ class UpstreamLink:
         except OSError as exc:
             self._upstream_io_error(exc)
             return
+        self._upstream_bytes(data)
+
+    def _upstream_bytes(self, data: bytes) -> None:
+        """What one upstream read returned (``b""`` at EOF) goes to the response parser."""
+        assert self.resp is not None
         if not data and self.resp_bytes == 0:
             self._upstream_io_error(ConnectionResetError(errno.ECONNRESET, "closed without a response"))
             return
