@@ -228,20 +228,22 @@ class Memo:
     (a client's requests, a server's answers within one Date second), so a
     dictionary hit (hashing the head) replaces the regexes. Heads longer
     than ``longest`` are not kept; a full memo is emptied, so hostile input
-    costs at most a rebuild."""
+    costs at most a rebuild. ``keep(data)`` False keeps a head out (e.g.
+    one carrying credentials, which must not stay in memory as plain text)."""
 
     def __init__(self, function: Callable[[bytes], Any], size: int = 512,
-                 longest: int = 4096) -> None:
+                 longest: int = 4096, keep: Callable[[bytes], bool] | None = None) -> None:
         self.function = function
         self.size = size
         self.longest = longest
+        self.keep = keep
         self.entries: dict[bytes, Any] = {}
 
     def __call__(self, data: bytes) -> Any:
         found = self.entries.get(data, _UNKNOWN)
         if found is _UNKNOWN:
             found = self.function(data)
-            if len(data) <= self.longest:
+            if len(data) <= self.longest and (self.keep is None or self.keep(data)):
                 if len(self.entries) >= self.size:
                     self.entries.clear()
                 self.entries[data] = found
@@ -249,6 +251,12 @@ class Memo:
 
 
 _UNKNOWN = object()
+_CREDENTIALS = re.compile(rb"\n[Pp][Rr][Oo][Xx][Yy]-[Aa][Uu][Tt][Hh]")
+
+
+def without_credentials(data: bytes) -> bool:
+    """Whether a head carries no Proxy-Authorization (nor Proxy-Authenticate) field."""
+    return _CREDENTIALS.search(data) is None
 
 
 def _head(pattern: re.Pattern[bytes], data: bytes, limit: int, max_fields: int

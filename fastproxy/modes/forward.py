@@ -49,7 +49,7 @@ from fastproxy.http import (
     remove_hop_by_hop,
     serialize_request,
 )
-from fastproxy.http.quick import quick_forward_get, quick_response_head
+from fastproxy.http.quick import quick_forward_get, quick_response_head, without_credentials
 from fastproxy.modes.httpcommon import REASONS, Phase, error_response
 from fastproxy.modes.reverse import HttpMode, HttpSession
 from fastproxy.resolver import Cancel, Resolver
@@ -105,7 +105,8 @@ class ForwardMode(HttpMode):
         from fastproxy.modes.httpcommon import parser_limits
 
         self.limits = parser_limits(listener.limits)
-        self.quick_requests = self.quick_memo(quick_forward_get)
+        # Requests with credentials are parsed each time: no password stays in the memo.
+        self.quick_requests = self.quick_memo(quick_forward_get, keep=without_credentials)
         self.quick_responses = (self.quick_memo(quick_response_head, keep_alive=False),
                                 self.quick_memo(quick_response_head, keep_alive=True))
         forward = ctx.config.forward

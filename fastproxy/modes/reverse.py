@@ -126,10 +126,11 @@ class HttpMode:
             session.parser.receive_data(initial)
         session.start()
 
-    def quick_memo(self, function: Callable[..., Any], **kwargs: Any) -> Memo:
+    def quick_memo(self, function: Callable[..., Any], keep: Callable[[bytes], bool] | None = None,
+                   **kwargs: Any) -> Memo:
         """A memo of a quick function (``http.quick``) under this listener's limits."""
         return Memo(functools.partial(function, limit=quick_limit(self.limits),
-                                      max_fields=self.limits.max_fields, **kwargs))
+                                      max_fields=self.limits.max_fields, **kwargs), keep=keep)
 
     def route(self, request: Request) -> UpstreamRuntime:
         return self.route_to(request.authority, request.path)

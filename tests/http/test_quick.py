@@ -69,12 +69,14 @@ from fastproxy.http import (
 )
 from fastproxy.http.headers import is_field_address
 from fastproxy.http.quick import (
+    Memo,
     forwarded_suffix,
     quick_fields,
     quick_forward_get,
     quick_get,
     quick_limit,
     quick_response,
+    without_credentials,
 )
 from fastproxy.modes.forward import ForwardMode, ForwardSession, split_authority
 
@@ -1386,3 +1388,34 @@ def test_forward_limits() -> None:
     assert check_forward(more) == "quick accepts"
     limits = Limits(max_method=2)
     assert check_forward(CURL_FORWARD, limits) == "both refuse"
+
+
+# -- the memo of parsed heads --------------------------------------------------------------
+def test_memo_calls_the_function_once_per_head_and_stays_bounded() -> None:
+    calls: list[bytes] = []
+
+    def parse(data: bytes) -> int:
+        calls.append(data)
+        return len(data)
+
+    memo = Memo(parse, size=2, longest=8)
+    assert [memo(b"a"), memo(b"a"), memo(b"bb"), memo(b"a")] == [1, 1, 2, 1]
+    assert calls == [b"a", b"bb"]
+    memo(b"ccc")  # a third head empties the full memo first
+    assert list(memo.entries) == [b"ccc"]
+    assert memo(b"x" * 9) == 9 and memo(b"x" * 9) == 9  # longer than longest: not kept
+    assert calls[-2:] == [b"x" * 9, b"x" * 9]
+
+
+def test_forward_memo_keeps_no_credentials() -> None:
+    """A request with Proxy-Authorization is parsed each time and never kept
+    (no password stays in memory as plain text); one without is kept."""
+    mode = express_session("elite", b"127.0.0.1").mode
+    plain = (b"GET http://127.0.0.1:8080/x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+             b"User-Agent: t\r\n\r\n")
+    authed = plain.replace(b"User-Agent", b"proxy-AUTHORIZATION: Basic YTpi\r\nUser-Agent")
+    assert mode.quick_requests(authed)[4] == b"Basic YTpi"
+    assert mode.quick_requests(plain)[4] is None
+    assert authed not in mode.quick_requests.entries
+    assert plain in mode.quick_requests.entries
+    assert not without_credentials(authed) and without_credentials(plain)
