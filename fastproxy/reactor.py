@@ -16,9 +16,10 @@ Theory of operation
 Timers are reset far more often than they fire (an idle timeout moves on
 every read), so cancellation is lazy: a cancelled entry stays in the heap and
 is skipped when it surfaces; when cancelled entries outnumber live ones the
-heap is rebuilt, so its size stays within twice the live timers. Owners that move a deadline on every event keep
-their own "last activity" stamp and reschedule only when the timer fires
-early, which costs one comparison per event instead of a heap push.
+heap is rebuilt, so its size stays within twice the live timers. Owners
+that move a deadline on every event keep their own "last activity" stamp
+and reschedule only when the timer fires early, which costs one comparison
+per event instead of a heap push.
 
 Signals: the handlers installed by ``handle_signals`` do nothing in Python;
 CPython's C-level handler writes the signal number to the wakeup fd
@@ -36,6 +37,7 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
+import math
 import os
 import select
 import selectors
@@ -53,40 +55,57 @@ EVENT_WRITE = selectors.EVENT_WRITE
 IOCallback = Callable[[int], None]
 
 
+class _Key:
+    """What the lean selector stores per raw fd: the ``SelectorKey`` fields,
+    in a slotted object changed in place by ``modify`` (a namedtuple would
+    be rebuilt on every change: three or four per connection)."""
+
+    __slots__ = ("data", "events", "fd", "fileobj")
+
+    def __init__(self, fd: int, events: int, data: Any) -> None:
+        self.fileobj = self.fd = fd
+        self.events = events
+        self.data = data
+
+
 class LeanEpollSelector(selectors.EpollSelector):
     """``selectors.EpollSelector`` with fast paths for integer fds.
 
     The reactor registers raw fds only, so ``register/modify/unregister``
-    skip the file-object lookup and the namedtuple ``_replace`` of the
-    generic implementation. Measured on the new-connection benchmark
-    (three registrations per connection): about 8 us of the 30 us of
-    Python time per connection. Same contract as the base class.
+    skip the file-object lookup, keep a mutable ``_Key`` per fd (modified in
+    place, no allocation), and ``select`` builds its ready list in one
+    comprehension. Measured on the new-connection benchmark (three
+    registrations per connection): about 8 us of the 30 us of Python time
+    per connection for the first two; keys changed in place and the lean
+    ``select`` took the TCP mode from 19 to about 15 us. Same contract as
+    the base class (a key has ``fileobj``, ``fd``, ``events``, ``data``).
     """
 
     # The base class's private state: ``_fd_to_key`` (fd -> SelectorKey) and
     # ``_selector`` (the select.epoll object), stable since Python 3.4.
-    _fd_to_key: dict[int, selectors.SelectorKey]
+    _fd_to_key: dict[int, Any]
     _selector: select.epoll
 
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+    def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
         if type(fileobj) is not int:
             return super().register(fileobj, events, data)
         if fileobj in self._fd_to_key:
             raise KeyError(f"{fileobj!r} is already registered")
         self._selector.register(fileobj, _EPOLL_EVENTS[events])
-        key = self._fd_to_key[fileobj] = selectors.SelectorKey(fileobj, fileobj, events, data)
+        key = self._fd_to_key[fileobj] = _Key(fileobj, events, data)
         return key
 
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        if type(fileobj) is not int:
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> Any:
+        key = self._fd_to_key.get(fileobj) if type(fileobj) is int else None
+        if type(key) is not _Key:
             return super().modify(fileobj, events, data)
-        old = self._fd_to_key[fileobj]
-        if events != old.events:
+        if events != key.events:
             self._selector.modify(fileobj, _EPOLL_EVENTS[events])
-        key = self._fd_to_key[fileobj] = selectors.SelectorKey(fileobj, fileobj, events, data)
+            key.events = events
+        key.data = data
         return key
 
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+    def unregister(self, fileobj: Any) -> Any:
         if type(fileobj) is not int:
             return super().unregister(fileobj)
         key = self._fd_to_key.pop(fileobj)
@@ -96,7 +115,25 @@ class LeanEpollSelector(selectors.EpollSelector):
             pass
         return key
 
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            timeout = math.ceil(timeout * 1e3) * 1e-3  # as the base class: no busy loop
+        try:
+            polled = self._selector.poll(timeout, max(len(self._fd_to_key), 1))
+        except InterruptedError:
+            return []
+        get = self._fd_to_key.get
+        return [(key, (((event & _NOT_IN) and EVENT_WRITE) | ((event & _NOT_OUT) and EVENT_READ))
+                 & key.events)
+                for fd, event in polled if (key := get(fd)) is not None]
 
+
+_NOT_IN = ~select.EPOLLIN
+_NOT_OUT = ~select.EPOLLOUT
 _EPOLL_EVENTS = {EVENT_READ: select.EPOLLIN, EVENT_WRITE: select.EPOLLOUT,
                  EVENT_READ | EVENT_WRITE: select.EPOLLIN | select.EPOLLOUT}
 

@@ -102,6 +102,7 @@ class UpstreamRuntime:
         self._checked: list[bool] = []
         self.marked_at = [0.0] * len(config.servers)  # unix time of each passive mark
         self._usable: list[bool] = []
+        self._single = n == 1
         self._usable_until = 0.0
         self.balancer = make_balancer(config.balance,
                                       [(name, s.weight) for name, s in zip(self.names, config.servers)],
@@ -111,6 +112,8 @@ class UpstreamRuntime:
         now = self.ctx.reactor.now
         if now >= self._usable_until:
             self._refresh_usable(now)
+        if self._single:  # every balancer picks the one server when it may
+            return [0] if self._usable[0] or self._checked[0] else []
         found = self.balancer.candidates(client_ip, self._usable)
         if not found:  # every server passively marked: try them anyway, as nginx does
             found = self.balancer.candidates(client_ip, self._checked)
@@ -211,6 +214,8 @@ class Acceptor:
         self.fd = sock.fileno()
         self.handler = handler
         self.active = False
+        # What an accepted socket is wrapped with (see accept_batch).
+        self._wrap = (int(sock.family), socket.SOCK_STREAM, sock.proto)
 
     def resume(self) -> None:
         if not self.active and self.fd >= 0:
@@ -235,7 +240,10 @@ class Acceptor:
                 worker.pause_accepting()
                 break
             try:
-                conn, addr = self.sock.accept()
+                # socket.accept() minus its Python-level extras (enum
+                # conversions of family and type, timeout checks): the same
+                # accept4 call, wrapped with the listener's numbers.
+                fd, addr = self.sock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -248,6 +256,7 @@ class Acceptor:
                 raise
             accepted += 1
             c[C.conn_accepted] += 1
+            conn = socket.socket(*self._wrap, fd)
             try:
                 conn.setblocking(False)  # TCP_NODELAY is inherited from the listener
                 if self.listener.proxy_protocol:
