@@ -66,7 +66,6 @@ class ExpressLane(UpstreamLink):
     express: tuple[bytes, bytes, list[int], bool] | None
     _xsuffix: tuple[bytes, bytes]
     _update_interest: Callable[[], None]
-    _set_mask: Callable[[int, int, object], None]
     _log: Callable[[int, int], None]
     _run: Callable[..., None]
 
@@ -85,9 +84,7 @@ class ExpressLane(UpstreamLink):
         if parked is not None and parked[0] is upstream and parked[1] == server:
             self.parked = None
             sock = parked[2]
-            fd = sock.fileno()
-            if self.masks.get(fd) != EVENT_READ:  # e.g. left unwatched by a body mover
-                self._set_mask(fd, EVENT_READ, self._on_upstream)
+            fd = sock.fileno()  # watched for reading while parked (``_park``)
         else:
             self._unpark_to_pool()
             pooled = ctx.idle.take((upstream.config.name, server))

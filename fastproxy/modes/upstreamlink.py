@@ -80,6 +80,7 @@ class UpstreamLink:
     _connected: Callable[[], None]
     _prepare_socket: Callable[[socket.socket], None]
     _on_upstream: Callable[[int], None]
+    _set_mask: Callable[[int, int, object], None]
     close: Callable[..., None]
 
     def _next_server(self) -> None:
@@ -206,6 +207,10 @@ class UpstreamLink:
     def _park(self) -> None:
         assert self.up is not None and self.upstream is not None
         self._uncount_active()
+        # Watched while parked (a body mover may have left it unwatched), so
+        # that a server closing it is noticed at once, as in the idle pool.
+        if self.masks.get(self.ufd) != EVENT_READ:
+            self._set_mask(self.ufd, EVENT_READ, self._on_upstream)
         self.parked = (self.upstream, self.server, self.up)
         self.up = None
         self.ufd = -1
