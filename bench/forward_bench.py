@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -335,16 +334,15 @@ class ForwardTarget(ProxyTarget):
         )
 
 
-class FastproxyForwardTarget(ForwardTarget):
+class FastproxyForwardTarget(ForwardTarget, tb.FastproxyTarget):
+    """fastproxy ``mode = "forward"``; start, stats and cwd as in ``tcp_bench``."""
+
     name = "fastproxy"
     listen_port = FASTPROXY_PORT
 
     def __init__(self, cmd: Sequence[str]) -> None:
-        super().__init__()
-        self.cmd = list(cmd)
-
-    def cwd(self) -> Path | None:
-        return REPO_DIR  # so that `python -m fastproxy` imports the work tree
+        tb.FastproxyTarget.__init__(self, cmd)  # ForwardTarget.__init__ would not pass cmd on
+        self.verification = None
 
     def write_config(self, upstream_port: int, workdir: Path) -> Path:
         path = workdir / "fastproxy-forward.toml"
@@ -371,18 +369,6 @@ connect_ports = [{ports}]
 """
         )
         return path
-
-    def command(self, config: Path) -> list[str]:
-        return [*self.cmd, "run", "-c", str(config)]
-
-    def stats(self) -> dict[str, Any] | None:
-        url = f"http://{HOST}:{FASTPROXY_ADMIN_PORT}/stats"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                data = json.loads(resp.read())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
 
 
 class TinyproxyTarget(ForwardTarget):

@@ -256,7 +256,12 @@ class Acceptor:
                 raise
             accepted += 1
             c[C.conn_accepted] += 1
-            conn = socket.socket(*self._wrap, fd)
+            try:
+                conn = socket.socket(*self._wrap, fd)
+            except OSError:
+                os.close(fd)  # not wrapped: nothing else owns it
+                c[C.internal_errors] += 1
+                continue
             try:
                 conn.setblocking(False)  # TCP_NODELAY is inherited from the listener
                 if self.listener.proxy_protocol:

@@ -16,6 +16,7 @@ Sans-IO like the rest of ``fastproxy.http``: bytes in, bytes out.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -173,8 +174,17 @@ def quick_response(data: bytes, limit: int, max_fields: int, keep_alive: bool = 
     hop-by-hop fields removed, Content-Length moved to the end of the head,
     and ``Connection: close`` after it when the client is not ``keep_alive``.
     """
+    return quick_answer(data, functools.partial(
+        quick_response_head, limit=limit, max_fields=max_fields, keep_alive=keep_alive))
+
+
+def quick_answer(data: bytes, head_of: Callable[[bytes], tuple[bytes | None, int, bool, int] | None]
+                 ) -> tuple[bytes, int, bool] | None:
+    """``quick_response`` with the head judged by ``head_of`` (``quick_response_head``
+    under fixed limits, possibly through a ``Memo``): the head is cut off, judged,
+    and the body must be exactly its Content-Length."""
     end = data.find(b"\r\n\r\n") + 4
-    found = quick_response_head(data[:end], limit, max_fields, keep_alive) if end >= 4 else None
+    found = head_of(data[:end]) if end >= 4 else None
     if found is None or len(data) - end != found[3]:
         return None
     head, status, reusable, _ = found

@@ -13,7 +13,7 @@ runs of straight-line code:
    connection (the one attached to this session, or one from the pool), is
    sent upstream at once with the proxy's fields appended;
 2. *response*: an upstream read that is exactly one whole quick response
-   (``http.quick.quick_response``) is sent to the client, the connection is
+   (``http.quick.quick_answer``) is sent to the client, the connection is
    attached again, and the session waits for the next request.
 
 Whatever does not fit, at any point, is *demoted*: ``_demote`` builds the
@@ -32,7 +32,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from fastproxy.http import EndOfMessage, Request, ResponseParser
-from fastproxy.http.quick import forwarded_suffix, quick_fields
+from fastproxy.http.quick import forwarded_suffix, quick_answer, quick_fields
 from fastproxy.modes.httpcommon import READ_SIZE, Phase
 from fastproxy.modes.upstreamlink import UpstreamLink
 from fastproxy.reactor import EVENT_READ
@@ -161,14 +161,12 @@ class ExpressLane(UpstreamLink):
             return
         assert self.express is not None
         keep_alive = self.express[3]
-        end = data.find(b"\r\n\r\n") + 4
-        found = self.mode.quick_responses[keep_alive](data[:end]) if end >= 4 else None
-        if found is None or len(data) - end != found[3]:
+        quick = quick_answer(data, self.mode.quick_responses[keep_alive]) if data else None
+        if quick is None:
             self._demote()
             self._run(self._upstream_bytes, data)
             return
-        head, status, reusable, _ = found
-        out = data if head is None else head + data[end:]
+        out, status, reusable = quick
         ctx = self.ctx
         c = ctx.c
         now = ctx.reactor.now

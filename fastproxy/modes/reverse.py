@@ -107,8 +107,6 @@ _RESPONSE_CLASS = {1: C.responses_1xx, 2: C.responses_2xx, 3: C.responses_3xx,
 class HttpMode:
     """Per-listener handler for ``mode = "http"``."""
 
-    express = True  # quick GETs take the express lane (``express``)
-
     def __init__(self, ctx: WorkerContext, listener: Listener) -> None:
         self.ctx = ctx
         self.listener = listener
@@ -172,8 +170,9 @@ class HttpSession(ExpressLane):
         # The express exchange in flight: (client bytes, head sent, candidates, keep-alive).
         self.express: tuple[bytes, bytes, list[int], bool] | None = None
         self._xsuffix = (b"", b"")  # (host, the fields appended for it), per client
-        # (an address add_forwarded_for would refuse, e.g. with a zone id, goes the general way)
-        self._express_ok = mode.express and is_field_address(addr[0])
+        # Quick GETs take the express lane, unless the client address is one
+        # add_forwarded_for refuses (e.g. with a zone id): the general path decides then.
+        self._express_ok = is_field_address(addr[0])
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
