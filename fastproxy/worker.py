@@ -28,18 +28,16 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from fastproxy.config import Config, Listener, Upstream
-from fastproxy.log import AccessLog, setup_error_log
+from fastproxy.config import Config, Listener
+from fastproxy.context import ModeHandler, WorkerContext
+from fastproxy.log import setup_error_log
+from fastproxy.modes.forward import ForwardMode
 from fastproxy.modes.preamble import Preamble
+from fastproxy.modes.reverse import ReverseMode
+from fastproxy.modes.tcp import TcpMode
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
-from fastproxy.relay import PipePool
-from fastproxy.resolver import Resolver
-from fastproxy.stats.shm import N_SERVER_COUNTERS, C, S, Segment, SlotState, SlotView
-from fastproxy.upstream.balance import make_balancer
-from fastproxy.upstream.parents import all_upstreams
-from fastproxy.upstream.pool import IdlePool
+from fastproxy.stats.shm import C, Segment, SlotState
 
 log = logging.getLogger("fastproxy")
 
@@ -51,9 +49,6 @@ HEARTBEAT_INTERVAL = 1.0
 # timeout fires up to this much late).
 SWEEP_INTERVAL = 0.25
 LOG_FLUSH_INTERVAL = 0.2
-PASSIVE_FAILS = 3
-PASSIVE_DOWN_SECONDS = 10.0
-USABLE_TTL = 0.1  # how stale a worker's view of health verdicts may get
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -72,135 +67,6 @@ class WorkerSpec:
     server_indexes: dict[str, int]  # "upstream/address" -> shm server index
     pipe_cap: int
     pipe_size: int
-
-
-class Session(Protocol):
-    def abort(self) -> None: ...
-    def check_timeouts(self, now: float) -> None: ...
-
-
-class ModeHandler(Protocol):
-    def accepted(self, sock: socket.socket, addr: tuple[str, int],
-                 initial: bytes = b"") -> None: ...
-
-
-class UpstreamRuntime:
-    """One upstream pool as a worker sees it: addresses, balancer, passive
-    health (``PASSIVE_FAILS`` failed connects in a row keep a server out of
-    rotation for ``PASSIVE_DOWN_SECONDS``) and per-server counters."""
-
-    def __init__(self, config: Upstream, ctx: WorkerContext, shm_indexes: list[int]) -> None:
-        self.config = config
-        self.ctx = ctx
-        self.names = [str(s.address) for s in config.servers]
-        self.sockaddrs = [_resolve(s.address.host, s.address.port) for s in config.servers]
-        self.shm = shm_indexes
-        n = len(config.servers)
-        self.active = [0] * n
-        self.fails = [0] * n
-        self.down_until = [0.0] * n
-        self._checked: list[bool] = []
-        self.marked_at = [0.0] * len(config.servers)  # unix time of each passive mark
-        self._usable: list[bool] = []
-        self._single = n == 1
-        self._usable_until = 0.0
-        self.balancer = make_balancer(config.balance,
-                                      [(name, s.weight) for name, s in zip(self.names, config.servers)],
-                                      active=self.active)
-
-    def candidates(self, client_ip: str) -> list[int]:
-        now = self.ctx.reactor.now
-        if now >= self._usable_until:
-            self._refresh_usable(now)
-        if self._single:  # every balancer picks the one server when it may
-            return [0] if self._usable[0] or self._checked[0] else []
-        found = self.balancer.candidates(client_ip, self._usable)
-        if not found:  # every server passively marked: try them anyway, as nginx does
-            found = self.balancer.candidates(client_ip, self._checked)
-        return found
-
-    def _refresh_usable(self, now: float) -> None:
-        """Re-read the health verdicts (shared memory) and passive marks; at
-        most every USABLE_TTL, and at once after a passive mark changes."""
-        segment = self.ctx.segment
-        verdicts = [segment.server_health(i) for i in self.shm]
-        for i, verdict in enumerate(verdicts):
-            # An active check that saw the server (come back) up after it was
-            # passively marked overrules the mark.
-            if (self.down_until[i] > now and verdict == 1
-                    and segment.server_health_since(self.shm[i]) > self.marked_at[i]):
-                self.down_until[i] = 0.0
-                self.fails[i] = 0
-        self._checked = [v != 2 for v in verdicts]
-        self._usable = [ok and until <= now for ok, until in zip(self._checked, self.down_until)]
-        marks = [until for until in self.down_until if until > now]
-        self._usable_until = min([now + USABLE_TTL, *marks])
-
-    def _server(self, i: int, counter: int) -> int:
-        return self.shm[i] * N_SERVER_COUNTERS + counter
-
-    def record_failure(self, i: int) -> None:
-        self.ctx.slot.servers[self._server(i, S.failures)] += 1
-        self.fails[i] += 1
-        if self.fails[i] >= PASSIVE_FAILS:
-            self.down_until[i] = self.ctx.reactor.now + PASSIVE_DOWN_SECONDS
-            self.marked_at[i] = time.time()
-            self._usable_until = 0.0
-
-    def record_success(self, i: int) -> None:
-        self.fails[i] = 0
-        if self.down_until[i]:
-            self.down_until[i] = 0.0
-            self._usable_until = 0.0
-        self.active[i] += 1
-        servers = self.ctx.slot.servers
-        servers[self._server(i, S.sessions)] += 1
-        servers[self._server(i, S.active)] += 1
-
-    def session_closed(self, i: int, sent: int, received: int) -> None:
-        self.active[i] -= 1
-        servers = self.ctx.slot.servers
-        servers[self._server(i, S.active)] -= 1
-        servers[self._server(i, S.bytes_sent)] += sent
-        servers[self._server(i, S.bytes_received)] += received
-
-
-def _resolve(host: str, port: int) -> tuple[tuple[str, int], int]:
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sockaddr = info[4]
-    return (str(sockaddr[0]), int(sockaddr[1])), int(info[0])
-
-
-class WorkerContext:
-    """What every mode handler and session of a worker shares."""
-
-    def __init__(self, worker: Worker, spec: WorkerSpec) -> None:
-        self.worker = worker
-        self.reactor = worker.reactor
-        self.config = spec.config
-        self.segment = spec.segment
-        self.slot: SlotView = spec.segment.slot_view(spec.stats_index)
-        self.c = self.slot.c
-        self.pool = PipePool(spec.pipe_cap, spec.pipe_size, self.c)
-        self.idle = IdlePool(self.reactor)
-        self.resolver: Resolver | None = None  # made by the first forward listener
-        self.access = AccessLog(spec.config.log)
-        self.sessions: set[Session] = set()
-        self.upstreams = {
-            up.name: UpstreamRuntime(up, self, [spec.server_indexes[f"{up.name}/{s.address}"]
-                                                for s in up.servers])
-            for up in all_upstreams(spec.config).values()
-        }
-
-    def session_opened(self, session: Session) -> None:
-        self.sessions.add(session)
-        self.c[C.conn_active] = len(self.sessions)
-
-    def session_closed(self, session: Session) -> None:
-        self.sessions.discard(session)
-        self.c[C.conn_active] = len(self.sessions)
-        self.c[C.conn_closed] += 1
-        self.worker.session_ended()
 
 
 class Acceptor:
@@ -337,7 +203,10 @@ class Worker:
             signal.SIGUSR1: self._reopen_logs,
         })
         self.reactor.on_error = self._on_loop_error
-        self.ctx = WorkerContext(self, spec)  # opens the access log, still privileged
+        # Opens the access log, still privileged.
+        self.ctx = WorkerContext(self.reactor, spec.config, spec.segment, spec.stats_index,
+                                 spec.server_indexes, spec.pipe_cap, spec.pipe_size,
+                                 self.session_ended)
         if spec.config.server.user:
             _drop_privileges(spec.config.server.user)
         self._build_acceptors()
@@ -350,23 +219,15 @@ class Worker:
             self.drain()  # the master died before we got here
         os.write(spec.status_fd, b"R")
         self.reactor.run()
-        self.ctx.idle.close()
-        if self.ctx.resolver is not None:
-            self.ctx.resolver.close()
-        self.ctx.pool.close()
-        self.ctx.access.close()
+        self.ctx.close()
         return 0
 
     def _build_acceptors(self) -> None:
-        from fastproxy.modes.forward import ForwardMode
-        from fastproxy.modes.reverse import HttpMode
-        from fastproxy.modes.tcp import TcpMode
-
         for listener, sock in self.spec.sockets:
             if listener.mode == "tcp":
                 handler: ModeHandler = TcpMode(self.ctx, listener)
             elif listener.mode == "http":
-                handler = HttpMode(self.ctx, listener)
+                handler = ReverseMode(self.ctx, listener)
             elif listener.mode == "forward":
                 handler = ForwardMode(self.ctx, listener)
             else:

@@ -32,7 +32,8 @@ _PROTECTED = frozenset((b"host",))
 TRAILER_FORBIDDEN = HOP_BY_HOP | frozenset((b"content-length", b"host"))
 # What the elite and anonymous modes remove (SPEC [forward] anonymity).
 IDENTIFYING = frozenset((b"via", b"x-forwarded-for", b"forwarded", b"x-real-ip"))
-_ADDRESS = re.compile(rb"[0-9A-Fa-f.:]+")
+# An IP address as X-Forwarded-For carries it (no zone id, no port).
+ADDRESS = re.compile(rb"[0-9A-Fa-f.:]+")
 _SAFE_VALUE = re.compile(rb"[\x21-\x7e](?:[ \x21-\x7e]*[\x21-\x7e])?")
 
 
@@ -99,7 +100,7 @@ def add_via(headers: Iterable[Field], received_version: bytes = b"1.1",
 def is_field_address(address: str) -> bool:
     """Whether ``add_forwarded_for`` takes ``address`` as it is (an IP
     address without a zone id)."""
-    return _ADDRESS.fullmatch(address.encode()) is not None
+    return ADDRESS.fullmatch(address.encode()) is not None
 
 
 def add_forwarded_for(headers: Iterable[Field], client: bytes, *, proto: bytes | None = None,
@@ -111,7 +112,7 @@ def add_forwarded_for(headers: Iterable[Field], client: bytes, *, proto: bytes |
     nothing in front of it). Raises ValueError for an address or value that
     is not safe to put in a field.
     """
-    if not _ADDRESS.fullmatch(client):
+    if not ADDRESS.fullmatch(client):
         raise ValueError(f"not an IP address: {client!r}")
     for value in (proto, host):
         if value is not None and not _SAFE_VALUE.fullmatch(value):
@@ -185,18 +186,17 @@ def serialize_request(request: Request, headers: Iterable[Field] | None = None, 
     ``headers`` and ``target`` replace the request's own; ``version`` is ours
     by default (an intermediary sends its own version, RFC 9110 §6.2).
     """
-    fields = request.headers if headers is None else headers
+    block = request.block if headers is None else _fields(headers)
     return b"%s %s HTTP/%s\r\n%s\r\n" % (request.method, request.target if target is None
-                                        else target, version, _fields(fields))
+                                        else target, version, block)
 
 
 def serialize_response(response: Response | InformationalResponse,
                        headers: Iterable[Field] | None = None, *,
                        version: bytes = b"1.1") -> bytes:
     """The response head as bytes: ``HTTP/version SP status SP reason CRLF fields CRLF``."""
-    fields = response.headers if headers is None else headers
-    return b"HTTP/%s %d %s\r\n%s\r\n" % (version, response.status, response.reason,
-                                        _fields(fields))
+    block = response.block if headers is None else _fields(headers)
+    return b"HTTP/%s %d %s\r\n%s\r\n" % (version, response.status, response.reason, block)
 
 
 def encode_chunk(data: bytes, ext: bytes = b"") -> bytes:

@@ -34,7 +34,12 @@ length. To relay the rest of a LENGTH (or CLOSE) body without parsing it,
 drain the buffered part with ``next_event()`` until ``NEED_DATA``, relay
 ``body_remaining`` raw bytes yourself and report each run with
 ``body_consumed(n)``; the next ``next_event()`` then returns
-``EndOfMessage`` (for CLOSE, after ``receive_data(b"")``).
+``EndOfMessage`` (for CLOSE, after ``receive_data(b"")``). ``read_body``
+(``body.py``) drains the buffered part the same way, in one call.
+
+The work is split in three modules: ``transitions`` (the table),
+``body`` (``BodyReader``: the buffer, the body readers, ``read_body``) and
+this one (the head reader and the caller's driver).
 
 Tunnels: a 2xx answer to CONNECT and a 101 answer (to a request the caller
 declared with ``expect(method, upgrade=True)``) are ``Response`` then
@@ -46,133 +51,42 @@ abandoned the same way: take its ``trailing_data`` and relay raw bytes.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 
-from fastproxy.errors import ProtocolError, ProxyError, Side
+from fastproxy.errors import ProtocolError, Side
+from fastproxy.http.body import SEARCH_TAIL, BodyReader
 from fastproxy.http.events import (
     NEED_DATA,
     PAUSED,
     ConnectionClosed,
-    Data,
-    EndOfMessage,
     Event,
     InformationalResponse,
     Request,
     Response,
     Signal,
 )
-from fastproxy.http.framing import (
-    DEFAULT_LIMITS,
-    BodyKind,
-    Limits,
-    Role,
-    check_partial_head,
-    fail,
-    parse_chunk_line,
-    parse_fields,
-    parse_request_head,
-    parse_response_head,
+from fastproxy.http.framing import DEFAULT_LIMITS, BodyKind, Limits, Role, check_partial_head, fail
+from fastproxy.http.heads import parse_request_head, parse_response_head
+from fastproxy.http.transitions import (
+    HEAD_TRIGGERS,
+    TRANSITIONS,
+    ParserUsageError,
+    State,
+    Trigger,
 )
 
+__all__ = ["TRANSITIONS", "ParserUsageError", "RequestParser", "ResponseParser", "State",
+           "Trigger"]
 
-class ParserUsageError(ProxyError):
-    """The caller drove a parser against its contract (a bug on our side)."""
-
-    status = 500
-    side = Side.INTERNAL
-
-
-class State(enum.Enum):
-    # Members are singletons compared by identity; the C-level identity hash
-    # spares the per-lookup Python call of Enum.__hash__ (it halved the cost
-    # of the TRANSITIONS and _READERS look-ups on the hot path).
-    __hash__ = object.__hash__
-
-    IDLE = "idle"                # expecting a head (or the peer's close)
-    BODY = "body"                # Content-Length body; no body is a body of 0 bytes
-    CHUNK_LINE = "chunk-line"    # expecting chunk-size [ chunk-ext ] CRLF
-    CHUNK_DATA = "chunk-data"
-    CHUNK_CRLF = "chunk-crlf"    # expecting the CRLF after chunk data
-    TRAILERS = "trailers"        # after the last chunk: trailer fields, empty line
-    UNTIL_CLOSE = "until-close"  # response body delimited by the connection's close
-    SWITCHING = "switching"      # head of a tunnel answered; EndOfMessage next
-    DONE = "done"                # message complete: PAUSED until start_next()
-    TUNNEL = "tunnel"            # the connection no longer speaks HTTP
-    CLOSED = "closed"            # the peer closed between messages
-    ERROR = "error"
-
-
-class Trigger(enum.Enum):
-    __hash__ = object.__hash__
-
-    INTERIM = "interim"              # a 1xx head; another head follows
-    HEAD_SIZED = "head-sized"        # head of a message with no body or a Content-Length
-    HEAD_CHUNKED = "head-chunked"
-    HEAD_CLOSE = "head-close"
-    HEAD_TUNNEL = "head-tunnel"
-    CHUNK = "chunk"                  # a chunk line with a size > 0
-    LAST_CHUNK = "last-chunk"
-    CHUNK_DATA_END = "chunk-data-end"
-    CHUNK_CRLF = "chunk-crlf"
-    END = "end"                      # EndOfMessage emitted
-    EOF = "eof"                      # ConnectionClosed emitted
-    START_NEXT = "start-next"        # caller: parse the next message
-    FAIL = "fail"
-
-
-S, T = State, Trigger
-TRANSITIONS: dict[tuple[State, Trigger], State] = {
-    (S.IDLE, T.INTERIM): S.IDLE,
-    (S.IDLE, T.HEAD_SIZED): S.BODY,
-    (S.IDLE, T.HEAD_CHUNKED): S.CHUNK_LINE,
-    (S.IDLE, T.HEAD_CLOSE): S.UNTIL_CLOSE,
-    (S.IDLE, T.HEAD_TUNNEL): S.SWITCHING,
-    (S.IDLE, T.EOF): S.CLOSED,
-    (S.BODY, T.END): S.DONE,
-    (S.CHUNK_LINE, T.CHUNK): S.CHUNK_DATA,
-    (S.CHUNK_LINE, T.LAST_CHUNK): S.TRAILERS,
-    (S.CHUNK_DATA, T.CHUNK_DATA_END): S.CHUNK_CRLF,
-    (S.CHUNK_CRLF, T.CHUNK_CRLF): S.CHUNK_LINE,
-    (S.TRAILERS, T.END): S.DONE,
-    (S.UNTIL_CLOSE, T.END): S.DONE,
-    (S.SWITCHING, T.END): S.TUNNEL,
-    (S.DONE, T.START_NEXT): S.IDLE,
-    **{(state, T.FAIL): S.ERROR for state in State if state is not S.ERROR},
-}
-_HEAD_TRIGGERS = {
-    BodyKind.NONE: T.HEAD_SIZED, BodyKind.LENGTH: T.HEAD_SIZED,
-    BodyKind.CHUNKED: T.HEAD_CHUNKED, BodyKind.CLOSE: T.HEAD_CLOSE,
-    BodyKind.TUNNEL: T.HEAD_TUNNEL,
-}
-_END = EndOfMessage()
 _CLOSED = ConnectionClosed()
-_CR, _CR_LF = 0x0D, (0x0D, 0x0A)
-_SEARCH_TAIL = 3   # bytes of an unfinished head re-searched for CRLFCRLF
+_CR_LF = (0x0D, 0x0A)
 
 
-class _Parser:
+class _Parser(BodyReader):
     """Shared driver; see the module docstring. Not for direct use."""
 
     _role: Role = "request"
-
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
-        self.limits = limits
-        self.body_kind = BodyKind.NONE
-        self.content_length: int | None = None
-        self._state = State.IDLE
-        self._buf = bytearray()
-        self._eof = False
-        self._error: ProtocolError | None = None
-        self._scan = 0            # where to resume the search for the end of a head
-        self._checked = 0         # head bytes already checked by check_partial_head
-        self._leading = 0         # empty lines skipped before this request line
-        self._remaining = 0       # body bytes (BODY) or chunk bytes (CHUNK_DATA) left
-        self._chunked_total = 0
-        self._chunk_size = 0
-        self._chunk_ext = b""
-        self._chunk_started = False
 
     # -- caller-facing ---------------------------------------------------------------
     @property
@@ -188,14 +102,6 @@ class _Parser:
     def buffered(self) -> int:
         """Bytes received and not yet parsed (what the caller should bound)."""
         return len(self._buf)
-
-    @property
-    def body_remaining(self) -> int | None:
-        """Body bytes not yet delivered (Data or body_consumed): the rest of a
-        Content-Length body in BODY, None (unknown) in UNTIL_CLOSE, else 0."""
-        if self._state is State.BODY:
-            return self._remaining
-        return None if self._state is State.UNTIL_CLOSE else 0
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer; ``b""`` records its EOF."""
@@ -216,45 +122,19 @@ class _Parser:
                 if result is not None:
                     return result
         except ProtocolError as exc:
-            error = self._blame(exc)
-            self._error = error
-            self._go(T.FAIL)
+            error = self._failed(exc)
             if error is exc:
                 raise
             raise error from exc
 
     def start_next(self) -> None:
         """Leave DONE and parse the next message on the connection (rule 1)."""
-        self._go(T.START_NEXT)
+        self._go(Trigger.START_NEXT)
         self.body_kind = BodyKind.NONE
         self.content_length = None
         self._leading = self._scan = self._checked = 0
 
-    def body_consumed(self, n: int) -> None:
-        """The caller relayed ``n`` raw body bytes past the parser (rule 4).
-
-        Raises ParserUsageError unless the parser is in BODY or UNTIL_CLOSE
-        with an empty buffer and ``0 <= n <= body_remaining``.
-        """
-        if self._buf or n < 0 or self._state not in (State.BODY, State.UNTIL_CLOSE):
-            raise ParserUsageError(f"body_consumed() in {self._state.value} with "
-                                   f"{len(self._buf)} bytes buffered")
-        if self._state is State.BODY:
-            if n > self._remaining:
-                raise ParserUsageError(f"body_consumed({n}) > {self._remaining} remaining")
-            self._remaining -= n
-
     # -- machinery -------------------------------------------------------------------
-    def _go(self, trigger: Trigger) -> None:
-        try:
-            self._state = TRANSITIONS[self._state, trigger]
-        except KeyError:
-            raise ParserUsageError(f"{trigger.value} is illegal in state "
-                                   f"{self._state.value}") from None
-
-    def _blame(self, exc: ProtocolError) -> ProtocolError:
-        return exc
-
     def _on_head(self, head: bytes) -> Event:
         raise NotImplementedError
 
@@ -263,21 +143,9 @@ class _Parser:
         self.content_length = length if kind is BodyKind.LENGTH else None
         self._remaining = length
         self._chunked_total = 0
-        self._go(_HEAD_TRIGGERS[kind])
+        self._go(HEAD_TRIGGERS[kind])
 
-    def _take(self, n: int) -> bytes:
-        buf = self._buf
-        with memoryview(buf) as view:
-            data = view[:n].tobytes()
-        del buf[:n]
-        return data
-
-    def _need(self, what: str) -> Signal:
-        if self._eof:
-            raise fail(f"connection closed inside {what}")
-        return NEED_DATA
-
-    # -- readers, one per state (rule 2) ---------------------------------------------
+    # -- the head reader (rule 2); the body readers are in body.py -------------------
     def _read_head(self) -> Event | Signal | None:
         buf = self._buf
         if self._role == "request" and buf and buf[0] in _CR_LF and self._skip_empty_lines():
@@ -288,7 +156,7 @@ class _Parser:
                 return self._read_eof()
             check_partial_head(buf, self._checked, self.limits, self._role)
             self._checked = len(buf)
-            self._scan = max(len(buf) - _SEARCH_TAIL, 0)
+            self._scan = max(len(buf) - SEARCH_TAIL, 0)
             return self._need("a message head")
         with memoryview(buf) as view:
             head = view[:end + 2].tobytes()
@@ -313,100 +181,8 @@ class _Parser:
     def _read_eof(self) -> Event | Signal:
         if not self._eof:
             return NEED_DATA
-        self._go(T.EOF)
+        self._go(Trigger.EOF)
         return _CLOSED
-
-    def _read_body(self) -> Event | Signal:
-        remaining = self._remaining
-        if not remaining:
-            self._go(T.END)
-            return _END
-        if not self._buf:
-            return self._need(f"a body ({remaining} bytes missing)")
-        data = self._take(min(remaining, len(self._buf)))
-        self._remaining = remaining - len(data)
-        return Data(data)
-
-    def _read_until_close(self) -> Event | Signal:
-        if self._buf:
-            return Data(self._take(len(self._buf)))
-        if not self._eof:
-            return NEED_DATA
-        self._go(T.END)
-        return _END
-
-    def _read_chunk_line(self) -> Signal | None:
-        buf, limits = self._buf, self.limits
-        end = buf.find(b"\r\n")
-        if end < 0:
-            if b"\n" in buf or buf.find(b"\r", 0, len(buf) - 1) >= 0:
-                raise fail("bare CR or LF in a chunk line")
-            if len(buf) > 17 + limits.max_chunk_ext:
-                raise fail("chunk line too long")
-            return self._need("a chunked body")
-        with memoryview(buf) as view:
-            line = view[:end].tobytes()
-        del buf[:end + 2]
-        size, ext = parse_chunk_line(line, limits)
-        if not size:
-            self._go(T.LAST_CHUNK)
-            return None
-        self._chunked_total += size
-        if limits.max_body_bytes and self._chunked_total > limits.max_body_bytes:
-            raise fail(f"chunked body exceeds {limits.max_body_bytes} bytes", 413)
-        self._remaining = self._chunk_size = size
-        self._chunk_ext = ext
-        self._chunk_started = False
-        self._go(T.CHUNK)
-        return None
-
-    def _read_chunk_data(self) -> Event | Signal:
-        if not self._buf:
-            return self._need("a chunk")
-        data = self._take(min(self._remaining, len(self._buf)))
-        self._remaining -= len(data)
-        start = not self._chunk_started
-        self._chunk_started = True
-        end = not self._remaining
-        if end:
-            self._go(T.CHUNK_DATA_END)
-        return Data(data, start, end, self._chunk_size, self._chunk_ext)
-
-    def _read_chunk_crlf(self) -> Signal | None:
-        buf = self._buf
-        if buf[:2] == b"\r\n":
-            del buf[:2]
-            self._go(T.CHUNK_CRLF)
-            return None
-        if len(buf) >= 2 or (buf and buf[0] != _CR):
-            raise fail("chunk data not followed by CRLF")
-        return self._need("a chunked body")
-
-    def _read_trailers(self) -> Event | Signal:
-        buf = self._buf
-        if buf[:2] == b"\r\n":
-            del buf[:2]
-            self._go(T.END)
-            return _END
-        end = buf.find(b"\r\n\r\n", self._scan)
-        if end < 0:
-            if buf != b"\r":
-                check_partial_head(buf, self._checked, self.limits, "trailers")
-            self._checked = len(buf)
-            self._scan = max(len(buf) - _SEARCH_TAIL, 0)
-            return self._need("the trailer section")
-        if end + 4 > self.limits.max_header_bytes:
-            raise fail("trailer section too large", 431)
-        with memoryview(buf) as view:
-            block = view[:end + 2].tobytes()
-        del buf[:end + 4]
-        self._scan = self._checked = 0
-        self._go(T.END)
-        return EndOfMessage(tuple(parse_fields(block, self.limits)))
-
-    def _read_switching(self) -> Event:
-        self._go(T.END)
-        return _END
 
     def _read_paused(self) -> Signal:
         return PAUSED
@@ -433,9 +209,9 @@ _READERS: dict[State, Callable[[_Parser], Event | Signal | None]] = {
 class RequestParser(_Parser):
     """Parses the requests a client sends on one connection.
 
-    Methods for the caller: ``receive_data``, ``next_event``, ``start_next``,
-    ``body_consumed``; attributes ``state``, ``body_kind``,
-    ``content_length``, ``body_remaining``, ``trailing_data``.
+    Methods for the caller: ``receive_data``, ``next_event``, ``read_body``,
+    ``start_next``, ``body_consumed``; attributes ``state``, ``body_kind``,
+    ``content_length``, ``body_remaining``, ``buffered``, ``trailing_data``.
     Raises ProtocolError with the status to answer (400, 413, 414, 431, 501,
     505), ParserUsageError (500) on misuse.
     """
@@ -478,7 +254,7 @@ class ResponseParser(_Parser):
         method, upgrade = self._expected[0]
         event, kind, length = parse_response_head(head, self.limits, method)
         if isinstance(event, InformationalResponse):
-            self._go(T.INTERIM)
+            self._go(Trigger.INTERIM)
             return event
         if event.status == 101 and not upgrade:
             raise fail("101 Switching Protocols to a request without Upgrade")

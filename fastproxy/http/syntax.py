@@ -65,9 +65,27 @@ STATUS_LINE = re.compile(
 HTTP_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 REQUEST_TARGET = re.compile(rb"[" + _TARGET_CHAR + rb"]+")
 
+# Whole heads in canonical form (``fields.py``): the start line and field lines
+# ``Name: value`` CRLF with one SP after the colon and no OWS around the value,
+# each line checked as FIELD_LINE checks it. The parser tries these first and
+# falls back to the line-by-line path for anything else. The possessive
+# quantifiers never give back a byte (the next byte is always a delimiter),
+# and the look-behind refuses a value that ends in SP or HTAB. Groups: the
+# request line's method, target, version; the status line's version, code,
+# reason (None when the SP before an empty reason is missing).
+_CANONICAL_FIELDS = (
+    rb"(?:[" + NAME_CHAR + rb"]++: (?:[" + FIELD_VCHAR + rb"][\t " + FIELD_VCHAR
+    + rb"]*+(?<![\t ]))?\r\n)*+")
+CANONICAL_REQUEST_HEAD = re.compile(
+    rb"([" + TCHAR + rb"]++) ([" + _TARGET_CHAR + rb"]++) HTTP/(1\.[01])\r\n" + _CANONICAL_FIELDS)
+CANONICAL_RESPONSE_HEAD = re.compile(
+    rb"HTTP/(1\.[01]) ([1-5][0-9][0-9])(?: ([\t \x21-\x7e\x80-\xff]*+))?\r\n"
+    + _CANONICAL_FIELDS)
+
 # RFC 3986 §3.2.2 host (reg-name without ","; IP-literal loosely: hex, ":" and
 # "." between brackets) and §3.2.3 port.
-_REG_NAME = rb"(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+"
+# (Possessive: a run of plain bytes is taken whole; "%" starts no run, ":" ends the host.)
+_REG_NAME = rb"(?:[A-Za-z0-9\-._~!$&'()*+;=]++|%[0-9A-Fa-f]{2})++"
 _HOST = rb"(?:\[[0-9A-Fa-f:.]+\]|" + _REG_NAME + rb")"
 HOST = re.compile(_HOST + rb"(?::[0-9]{1,5})?")
 # RFC 9112 §3.2.3: authority-form = uri-host ":" port (CONNECT only).

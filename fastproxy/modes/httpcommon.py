@@ -3,7 +3,6 @@ to upstreams, and the access-log line for one exchange."""
 
 from __future__ import annotations
 
-import enum
 import json
 import time
 from dataclasses import dataclass
@@ -11,22 +10,6 @@ from dataclasses import dataclass
 from fastproxy.config import Limits, Route
 from fastproxy.http import Limits as HttpLimits
 from fastproxy.http import Request, serialize_request
-
-READ_SIZE = 65536
-MAX_BUFFER = 256 * 1024      # stop reading a side while the other's output holds this
-
-
-class Phase(enum.Enum):
-    """Where an HTTP session stands (``reverse.HttpSession``)."""
-
-    HEAD = "head"            # reading a request head
-    CONNECT = "connect"      # connecting to an upstream
-    FORWARD = "forward"      # exchanging with the upstream
-    EXPRESS = "express"      # a quick GET sent, its answer awaited (``express``)
-    CLOSING = "closing"      # flushing a last response, then close
-    TUNNEL = "tunnel"        # a Relay owns both sockets
-    CLOSED = "closed"
-
 
 REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",

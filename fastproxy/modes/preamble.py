@@ -20,7 +20,7 @@ from fastproxy.relay import set_reset
 from fastproxy.stats.shm import C
 
 if TYPE_CHECKING:
-    from fastproxy.worker import ModeHandler, WorkerContext
+    from fastproxy.context import ModeHandler, WorkerContext
 
 READ_SIZE = 4096
 

@@ -42,7 +42,6 @@ _HELP = {
     "conn_active": "Client connections currently open.",
     "conn_closed": "Client connections closed.",
     "requests": "HTTP requests received from clients.",
-    "requests_express": "HTTP requests served on the express lane (quick GET and response).",
     "responses": "HTTP responses sent to clients, by status class.",
     "bytes_in": "Bytes received from clients.",
     "bytes_out": "Bytes sent to clients.",
@@ -264,7 +263,7 @@ def to_table(snap: dict[str, Any], procs: Procs | None = None) -> str:
         + ("" if snap.get("consistent", True) else "  (inconsistent read)"),
         (f"connections  accepted {c['conn_accepted']}  active {c['conn_active']}  "
          f"closed {c['conn_closed']}"),
-        f"requests     {c['requests']} (express {c['requests_express']})  "
+        f"requests     {c['requests']}  "
         + "  ".join(f"{k}xx {c[f'responses_{k}xx']}" for k in range(1, 6)),
         (f"bytes        in {_size(c['bytes_in'])}  out {_size(c['bytes_out'])}  "
          f"upstream in {_size(c['upstream_bytes_in'])}  out {_size(c['upstream_bytes_out'])}"),

@@ -77,7 +77,7 @@ COUNTERS = ("conn_accepted", "conn_active", "conn_closed", "requests",
             "pipes_created", "pipes_pooled",
             "proxy_protocol_errors", "forward_requests", "tunnels", "denied", "auth_failures",
             "dns_lookups", "dns_cache_hits", "dns_failures",
-            "denied_client", "denied_port", "denied_destination", "requests_express")
+            "denied_client", "denied_port", "denied_destination")
 GAUGES = frozenset({"conn_active", "pipes_pooled"})
 HISTS = ("request_seconds", "session_seconds", "upstream_connect_seconds")
 HIST_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

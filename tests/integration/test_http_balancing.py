@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from fastproxy.upstream.balance import IpHash
-from fastproxy.worker import PASSIVE_FAILS, USABLE_TTL
+from fastproxy.upstream.runtime import PASSIVE_FAILS, USABLE_TTL
 from tests.conftest import HOST, TIMEOUT, Backend, free_port, wait_until
 from tests.integration import http_helpers
 from tests.integration.http_backends import head_field, read_head

@@ -1,0 +1,147 @@
+"""An HTTP listener's mode: its phase steps over the one engine.
+
+``HttpMode`` is what the worker's acceptor hands connections to. It holds the
+listener's limits and timeouts and the mode's steps (``phases.Step``), sorted
+once into one list per phase hook, and builds the two heads every exchange
+forwards (``request_head``, ``response_head``) by one ``edit_head`` each:
+hop-by-hop fields out, the steps' fields in, framing rebuilt (RFC 9110 §7.6.1,
+RFC 9112 §6). The reverse and forward modes differ only in their steps
+(``reverse.py``, ``forward.py``); the access log is the last step of every
+mode.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+from fastproxy.config import Listener
+from fastproxy.http import BodyKind
+from fastproxy.http.rewrite import edit_head, framing_field
+from fastproxy.log import AccessLog
+from fastproxy.modes.client import ClientConnection
+from fastproxy.modes.exchange import Answer, Exchange
+from fastproxy.modes.httpcommon import access_line, error_response, parser_limits
+from fastproxy.modes.phases import HeadEdit, Step, overriding
+
+if TYPE_CHECKING:
+    from fastproxy.context import WorkerContext
+
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+
+
+class AccessLogStep(Step):
+    """The access log line of every exchange (``log.format``: combined or json)."""
+
+    def __init__(self, access: AccessLog) -> None:
+        self.access = access
+
+    def logging(self, conn: ClientConnection, ex: Exchange) -> None:
+        access = self.access
+        if not access.enabled:
+            return
+        request = ex.request
+        peer = ex.peer
+        upstream = peer.names[ex.server] if peer is not None and ex.server >= 0 else ""
+        record, line = access_line(
+            access.format, client=conn.client_ip, method=request.method,
+            target=request.target, version=request.version, status=ex.status, sent=ex.sent,
+            referer=request.get(b"referer"), agent=request.get(b"user-agent"),
+            upstream=upstream, request_time=conn.reactor.now - ex.started,
+            upstream_time=ex.upstream_time)
+        access.line(record, line)
+
+
+class HttpMode:
+    """Per-listener handler of an HTTP mode; ``steps`` in the order they run."""
+
+    def __init__(self, ctx: WorkerContext, listener: Listener, steps: list[Step]) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.limits = parser_limits(listener.limits)
+        self.timeouts = listener.timeouts
+        steps = [*steps, AccessLogStep(ctx.access)]
+        self.request_filters = overriding(steps, "request_filter")
+        self.peer_steps = overriding(steps, "upstream_peer")
+        self.connected_hooks = overriding(steps, "connected")
+        self.upstream_filters = overriding(steps, "upstream_request_filter")
+        self.response_filters = overriding(steps, "response_filter")
+        self.loggers = overriding(steps, "logging")
+        drop = frozenset((b"content-length",)).union(*(s.upstream_drop for s in steps))
+        self.upstream_drop = drop
+        self.upstream_drop_absolute = drop | {b"host"}  # the target's authority wins
+        prefixes = {s.upstream_drop_prefix for s in steps if s.upstream_drop_prefix}
+        assert len(prefixes) <= 1, "one name prefix per mode"
+        self.drop_prefix = prefixes.pop() if prefixes else b""
+        response_drop = frozenset[bytes]().union(*(s.response_drop for s in steps))
+        self.response_drop = response_drop
+        self.response_drop_framed = response_drop | {b"content-length"}
+        self.edit = HeadEdit()
+
+    def accepted(self, sock: socket.socket, addr: tuple[str, int], initial: bytes = b"") -> None:
+        ClientConnection(self, sock, addr).start(initial)
+
+    # -- heads ---------------------------------------------------------------------------
+    def request_head(self, conn: ClientConnection, ex: Exchange) -> bytes:
+        """The request head as it goes upstream (we speak HTTP/1.1, RFC 9110 §6.2)."""
+        request = ex.request
+        edit = self.edit
+        if request.form == "absolute":
+            edit.reset(request.method + b" " + request.path + b" HTTP/1.1\r\n",
+                       self.upstream_drop_absolute, self.drop_prefix, ex.upgrade)
+            edit.prepend.append(b"Host: " + request.authority + b"\r\n")
+        else:
+            edit.reset(request.method + b" " + request.path + b" HTTP/1.1\r\n",
+                       self.upstream_drop, self.drop_prefix, ex.upgrade)
+        for add in self.upstream_filters:
+            add(conn, ex, edit)
+        if edit.whole is not None:
+            return edit.whole
+        edit.append.append(framing_field(ex.body_kind, ex.content_length or 0))
+        return edit_head(edit.start, request, drop=edit.drop, drop_prefix=edit.drop_prefix,
+                         keep_upgrade=edit.keep_upgrade, prepend=b"".join(edit.prepend),
+                         append=b"".join(edit.append))
+
+    def response_head(self, conn: ClientConnection, ex: Exchange, kind: BodyKind,
+                      length: int | None) -> bytes:
+        """The response head for the client; decides the client-side framing
+        (``ex.chunked_out``) and persistence (``ex.keep_alive``)."""
+        request, response = ex.request, ex.response
+        assert response is not None
+        if kind is BodyKind.CHUNKED and request.version == b"1.0":
+            kind = BodyKind.CLOSE  # no chunked towards HTTP/1.0 (RFC 9112 §6.1): until close
+        keep = request.keep_alive and kind is not BodyKind.CLOSE
+        ex.keep_alive = keep
+        ex.chunked_out = kind is BodyKind.CHUNKED
+        edit = self.edit
+        edit.reset(b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason),
+                   self.response_drop if kind is BodyKind.NONE else self.response_drop_framed,
+                   b"", False)
+        for add in self.response_filters:
+            add(conn, ex, edit)
+        append = edit.append
+        if kind is not BodyKind.NONE:
+            append.append(framing_field(kind, length or 0))
+        if not keep:
+            append.append(_CLOSE)
+        elif request.version == b"1.0":
+            append.append(_KEEP_ALIVE)
+        return edit_head(edit.start, response, drop=edit.drop, append=b"".join(append))
+
+    def tunnel_head(self, conn: ClientConnection, ex: Exchange) -> bytes:
+        """The head of a 101 (or a parent's 2xx to CONNECT), Upgrade kept."""
+        response = ex.response
+        assert response is not None
+        return edit_head(b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason), response,
+                         keep_upgrade=True)
+
+    # -- answers and the end of an exchange ------------------------------------------------
+    def error(self, status: int, detail: str, extra: bytes = b"") -> Answer:
+        """A ``Connection: close`` error answer (details only for client errors)."""
+        return Answer(status, error_response(status, detail if status < 500 else "",
+                                             extra=extra))
+
+    def ended(self, conn: ClientConnection, ex: Exchange) -> None:
+        for logging in self.loggers:
+            logging(conn, ex)
