@@ -191,6 +191,15 @@ class Reactor:
     def unregister(self, fd: int) -> None:
         self._selector.unregister(fd)
 
+    def set_interest(self, fd: int, old: int, new: int, callback: IOCallback) -> None:
+        """Change ``fd``'s interest from ``old`` to ``new`` (0: not registered)."""
+        if not new:
+            self._selector.unregister(fd)
+        elif not old:
+            self._selector.register(fd, new, callback)
+        else:
+            self._selector.modify(fd, new, callback)
+
     def forget(self, fd: int) -> None:
         """Drop ``fd`` without an epoll_ctl call, for an fd about to be closed.
 

@@ -201,8 +201,7 @@ class BodyReader:
             if len(buf) > 17 + limits.max_chunk_ext:
                 raise fail("chunk line too long")
             return self._need("a chunked body")
-        with memoryview(buf) as view:
-            line = view[:end].tobytes()
+        line = bytes(buf[:end])
         del buf[:end + 2]
         size, ext = parse_chunk_line(line, limits)
         if not size:
@@ -250,8 +249,7 @@ class BodyReader:
             return self._need("the trailer section")
         if end + 4 > self.limits.max_header_bytes:
             raise fail("trailer section too large", 431)
-        with memoryview(buf) as view:
-            block = view[:end + 2].tobytes()
+        block = bytes(buf[:end + 2])
         del buf[:end + 4]
         self._scan = self._checked = 0
         self._go(Trigger.END)

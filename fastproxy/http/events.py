@@ -114,9 +114,8 @@ class _Head:
         return tuple([getattr(self, name) for name in self._PUBLIC])
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
+        if not isinstance(other, _Head) or other.__class__ is not self.__class__:
             return NotImplemented
-        assert isinstance(other, _Head)
         return self._public() == other._public()
 
     def __hash__(self) -> int:

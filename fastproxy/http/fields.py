@@ -70,10 +70,10 @@ def _alternation(names: Iterable[bytes]) -> bytes:
 # whole because ": " follows it (a colon is not a name byte).
 SPECIAL_LINE = re.compile(
     rb"\n(" + _alternation(n for n in SPECIAL_NAMES if not n.startswith(SPECIAL_PREFIX))
-    + rb"|proxy-[" + syntax.NAME_CHAR + rb"]*): ([^\r]*)",
+    + rb"|proxy-[" + syntax.NAME_CHAR + rb"]*): ([^\r]*+)",
     re.IGNORECASE)
 # Any canonical line: groups name, value.
-_LINE = re.compile(rb"([^:\r\n]*): ([^\r\n]*)\r\n")
+_LINE = re.compile(rb"([^:\r\n]*+): ([^\r\n]*+)\r\n")
 
 
 def special_of(text: bytes, base: int) -> Special:

@@ -252,7 +252,8 @@ def framing(found: dict[bytes, list[bytes]], version: bytes) -> tuple[BodyKind, 
     if values is None:
         options: Set[bytes] = _NO_OPTIONS
     else:
-        options = value_tokens(values[0]) if len(values) == 1 else list_tokens(values)
+        options = (_TOKENS.get(values[0]) or value_tokens(values[0])) if len(values) == 1 \
+            else list_tokens(values)
     if options:
         if b"content-length" in options or b"transfer-encoding" in options:
             raise fail("Connection names a framing field")

@@ -69,7 +69,7 @@ def parse_request_head(head: bytes, limits: Limits) -> tuple[Request, BodyKind, 
     if len(head) + 2 > limits.max_header_bytes:
         raise fail("head too large", 431)
     block = head[base:]
-    if block:
+    if len(block) > limits.max_field_line or block.count(b"\n") > limits.max_fields:
         check_field_limits(block, limits)
     return _request(method, target, version, (), block, special_of(head, base), limits)
 
@@ -146,9 +146,10 @@ def _host(values: list[bytes] | None, version: bytes) -> bytes:
         return b""
     if len(values) > 1:
         raise fail("more than one Host field")
-    if values[0]:
-        check_host(values[0], "Host", syntax.HOST)
-    return values[0]
+    host = values[0]
+    if host and not syntax.HOST.fullmatch(host):
+        check_host(host, "Host", syntax.HOST)
+    return host
 
 
 # -- responses ------------------------------------------------------------------------
@@ -160,20 +161,24 @@ def parse_response_head(head: bytes, limits: Limits, method: bytes
     """
     match = syntax.CANONICAL_RESPONSE_HEAD.fullmatch(head)
     if match is None:
-        line_end = head.find(CRLF)
-        version, status, reason = status_line(head[:line_end])
-        fields = tuple(parse_fields(head[line_end + 2:], limits))
-        block = canonical_block(fields)
-        special = special_of(b"\n" + block, 1)
-    else:
-        version, code, found_reason = match.groups()
-        status, reason, fields = int(code), found_reason or b"", ()
-        base = (match.end(2) if found_reason is None else match.end(3)) + 2
-        block = head[base:]
-        if block:
-            check_field_limits(block, limits)
-        special = special_of(head, base)
-    return _response(version, status, reason, fields, block, special, limits, method)
+        return _parse_response_generally(head, limits, method)
+    version, code, reason = match.groups()
+    base = (match.end(2) if reason is None else match.end(3)) + 2
+    block = head[base:]
+    if len(block) > limits.max_field_line or block.count(b"\n") > limits.max_fields:
+        check_field_limits(block, limits)
+    return _response(version, int(code), reason or b"", (), block, special_of(head, base),
+                     limits, method)
+
+
+def _parse_response_generally(head: bytes, limits: Limits, method: bytes
+                              ) -> tuple[Response | InformationalResponse, BodyKind, int]:
+    line_end = head.find(CRLF)
+    version, status, reason = status_line(head[:line_end])
+    fields = tuple(parse_fields(head[line_end + 2:], limits))
+    block = canonical_block(fields)
+    return _response(version, status, reason, fields, block, special_of(b"\n" + block, 1),
+                     limits, method)
 
 
 def _response(version: bytes, status: int, reason: bytes, fields: Headers, block: bytes,

@@ -158,8 +158,7 @@ class _Parser(BodyReader):
             self._checked = len(buf)
             self._scan = max(len(buf) - SEARCH_TAIL, 0)
             return self._need("a message head")
-        with memoryview(buf) as view:
-            head = view[:end + 2].tobytes()
+        head = bytes(buf[:end + 2])  # (a slice copy is cheaper than a view for a head)
         del buf[:end + 4]
         self._scan = self._checked = 0
         return self._on_head(head)

@@ -137,7 +137,8 @@ class Exchange:
     for a mode's own per-exchange datum, e.g. the forward proxy's destination).
     """
 
-    __slots__ = ("state", "request", "body_kind", "content_length", "upgrade", "peer", "server",
+    __slots__ = ("state", "request", "body_kind", "content_length", "upgrade", "peer",
+                 "candidates", "server",
                  "response", "chunked_out", "keep_alive", "answer", "started",
                  "upstream_started", "upstream_time", "sent", "cursor", "note")
 
@@ -149,6 +150,7 @@ class Exchange:
         self.content_length = content_length
         self.upgrade = upgrade       # the client asked to switch protocols (WebSocket)
         self.peer: Any = None
+        self.candidates: list[int] = []  # the peer's servers in the order to try
         self.server = -1             # index of the server in ``peer``
         self.response: Response | None = None
         self.chunked_out = False     # the response body goes to the client chunked

@@ -16,12 +16,13 @@ import socket
 from typing import TYPE_CHECKING
 
 from fastproxy.config import Listener
-from fastproxy.http import BodyKind
+from fastproxy.http import BodyKind, RequestParser
 from fastproxy.http.rewrite import edit_head, framing_field
 from fastproxy.log import AccessLog
 from fastproxy.modes.client import ClientConnection
 from fastproxy.modes.exchange import Answer, Exchange
 from fastproxy.modes.httpcommon import access_line, error_response, parser_limits
+from fastproxy.modes.lifecycle import Lifecycle
 from fastproxy.modes.phases import HeadEdit, Step, overriding
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class HttpMode:
         self.listener = listener
         self.limits = parser_limits(listener.limits)
         self.timeouts = listener.timeouts
+        self.lifecycle = Lifecycle(listener.timeouts)
         steps = [*steps, AccessLogStep(ctx.access)]
         self.request_filters = overriding(steps, "request_filter")
         self.peer_steps = overriding(steps, "upstream_peer")
@@ -81,6 +83,9 @@ class HttpMode:
 
     def accepted(self, sock: socket.socket, addr: tuple[str, int], initial: bytes = b"") -> None:
         ClientConnection(self, sock, addr).start(initial)
+
+    def new_parser(self) -> RequestParser:
+        return RequestParser(self.limits)
 
     # -- heads ---------------------------------------------------------------------------
     def request_head(self, conn: ClientConnection, ex: Exchange) -> bytes:

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
 from fastproxy.relay import set_reset
 
+READ_SIZE = 65536         # one recv
+MAX_BUFFER = 256 * 1024   # stop reading a side while the other side's output holds this
 LINGER_SECONDS = 5.0     # nginx lingering_timeout
 LINGER_READ = 65536
 LINGER_MAX_BYTES = 1 << 20  # dropped bytes after which the close is forced

@@ -36,7 +36,7 @@ class UpstreamConnection:
     """See the module docstring. ``mask`` is the fd's registered interest."""
 
     __slots__ = ("sock", "fd", "peer", "server", "parser", "out", "mask", "sent", "received",
-                 "active", "reused", "send", "recv")
+                 "active", "reused", "eof", "send", "recv")
 
     def __init__(self, sock: socket.socket, peer: Any, server: int, registered_mask: int,
                  reused: bool) -> None:
@@ -53,6 +53,7 @@ class UpstreamConnection:
         self.received = 0
         self.active = True       # counted for its server (rule 1)
         self.reused = reused     # taken from the pool or kept from the client's last exchange
+        self.eof = False         # the server closed its side
 
     def reusable(self) -> bool:
         """Whether the connection may carry another exchange now."""
@@ -66,11 +67,10 @@ class UpstreamConnection:
             self.peer.session_closed(self.server, self.sent, self.received)
             self.sent = self.received = 0
 
-    def reuse(self, registered_mask: int) -> None:
-        """Take the connection for a new exchange (it is active again)."""
+    def reuse(self) -> None:
+        """Take the attached connection for the client's next exchange (active again)."""
         self.active = True
         self.reused = True
-        self.mask = registered_mask
         self.parser.start_next()
 
     def to_pool(self, reactor: Reactor, pool: IdlePool) -> None:
@@ -91,10 +91,3 @@ class UpstreamConnection:
         self.sock.close()
         self.fd = -1
         self.mask = 0
-
-
-def take_pooled(pool: IdlePool, peer: Any, server: int) -> socket.socket | None:
-    """An idle connection to ``server`` of ``peer`` from the pool (still
-    registered for EVENT_READ with the pool's callback), or None."""
-    return pool.take((peer.name, server))
-

@@ -1,0 +1,159 @@
+"""How an HTTP client connection ends: timeouts, errors, closing.
+
+``Lifecycle`` is one object per HTTP mode, holding no per-connection state;
+the connection (``client.ClientConnection``) calls it when its time may be
+up or something failed:
+
+- ``check_timeouts(conn, now)`` (the worker's sweep): ``client_header``
+  while a head is arriving (408) and before the first request, ``idle``
+  between requests and while a request body stalls, ``connect`` while
+  admission, the peer choice or a connect waits (504 or the next candidate),
+  ``upstream_read`` while the upstream is silent (504, or a reset once the
+  response began). An attached upstream connection goes to the pool once
+  its client has been idle for ``PARK_SECONDS``.
+- ``protocol_error(conn, exc)``: a client's framing error is answered with
+  its status, then the connection closes; an upstream's is a 502.
+- ``close_when_flushed`` / ``close_now``: after a final answer. When request
+  bytes were left unread the close lingers (``transport.linger_close``), so
+  the kernel does not answer them with a RST that can destroy the answer
+  before the client reads it (nginx's lingering_close).
+- ``abort(conn)``: both sides closed at once with a reset.
+"""
+
+from __future__ import annotations
+
+from fastproxy.config import Timeouts
+from fastproxy.errors import ProtocolError, Side
+from fastproxy.http import BodyKind, Request
+from fastproxy.http import State as ParserState
+from fastproxy.modes.client import ClientConnection, Conn
+from fastproxy.modes.exchange import Exchange
+from fastproxy.modes.exchange import State as X
+from fastproxy.modes.transport import linger_close
+from fastproxy.modes.upstream_conn import PARK_SECONDS
+from fastproxy.stats.shm import C
+
+_QUIET_STATES = frozenset((ParserState.IDLE, ParserState.DONE, ParserState.CLOSED))
+_NO_REQUEST = Request(b"-", b"-")  # what the log shows for a head that never parsed
+
+
+class Lifecycle:
+    """See the module docstring."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts = timeouts
+
+    # -- timeouts ----------------------------------------------------------------------
+    def check_timeouts(self, conn: ClientConnection, now: float) -> None:
+        if conn.state is Conn.TUNNEL:
+            relay = conn.relay
+            if relay is not None and relay.idle_expired(now):
+                conn.c[C.idle_timeouts] += 1
+                relay.close("idle")
+            return
+        conn.run(self._check, (conn, now))
+
+    def _check(self, arg: tuple[ClientConnection, float]) -> None:
+        conn, now = arg
+        timeouts = self.timeouts
+        if conn.state is Conn.CLOSING:
+            if now - conn.last_client >= timeouts.idle:
+                self.abort(conn)
+            return
+        ex = conn.ex
+        if ex is None:
+            up = conn.up
+            if up is not None and now - conn.last_client >= PARK_SECONDS:
+                conn.up = None  # an idle client keeps no upstream connection
+                up.to_pool(conn.reactor, conn.ctx.idle)
+            if conn.parser.buffered:  # a head has begun: slowloris guard
+                if now - conn.head_started >= timeouts.client_header:
+                    self.refuse(conn, 408, "request head not received in time")
+            elif now - conn.last_client >= (timeouts.idle if conn.served
+                                            else timeouts.client_header):
+                self.close_now(conn)  # nothing sent: close quietly, as nginx does
+            return
+        state = ex.state
+        if state is X.ADMITTING or state is X.CHOOSING:
+            if now - ex.started >= timeouts.connect:
+                conn.answer(ex, conn.mode.error(504, "no upstream chosen in time"))
+        elif state is X.CONNECTING:
+            conn.connector.check_timeout(now, timeouts.connect)
+        elif state is X.SENDING or state is X.AWAITING or state is X.RELAYING:
+            if now - conn.last_upstream >= timeouts.upstream_read:
+                conn.upstream_failed(ex, 504, "upstream timed out")
+            elif (conn.parser.state is not ParserState.DONE
+                  and now - conn.last_client >= timeouts.idle):
+                self.abort(conn)
+
+    # -- errors ------------------------------------------------------------------------
+    def protocol_error(self, conn: ClientConnection, exc: ProtocolError) -> None:
+        ex = conn.ex
+        if exc.side is Side.UPSTREAM and ex is not None:
+            conn.upstream_failed(ex, 502, str(exc))
+            return
+        conn.c[C.client_errors] += 1
+        if ex is not None and ex.response is not None:
+            self.abort(conn)  # part of a response went out: the client must see it fail
+            return
+        if ex is not None and not ex.finished:
+            conn.answer(ex, conn.mode.error(exc.status, str(exc)))
+            return
+        self.refuse(conn, exc.status, str(exc))
+
+    def refuse(self, conn: ClientConnection, status: int, detail: str) -> None:
+        """Answer a head that never became a request, then close."""
+        conn.ex = None
+        ex = Exchange(_NO_REQUEST, BodyKind.NONE, None, conn.head_started)
+        ex.answer = answer = conn.mode.error(status, detail)
+        conn.out += answer.data
+        conn.count_status(status)
+        conn.mode.ended(conn, ex)
+        self.close_when_flushed(conn)
+
+    # -- closing -----------------------------------------------------------------------
+    def close_when_flushed(self, conn: ClientConnection) -> None:
+        conn.state = Conn.CLOSING
+        if not conn.out:
+            self.close_now(conn)
+
+    def close_now(self, conn: ClientConnection) -> None:
+        """Close after a complete answer (lingering when request bytes were left unread)."""
+        if conn.state is Conn.CLOSED:
+            return
+        self._release_upstream(conn)
+        conn.state = Conn.CLOSED
+        parser = conn.parser
+        transport = conn.transport
+        if (parser.buffered or parser.state not in _QUIET_STATES) and not conn.eof:
+            linger_close(conn.reactor, transport, bool(conn.mask), conn.closed)
+            return
+        if conn.mask:
+            conn.reactor.forget(transport.fd)
+        transport.close()
+        conn.closed()
+
+    def abort(self, conn: ClientConnection) -> None:
+        if conn.state is Conn.TUNNEL:
+            if conn.relay is not None:
+                conn.relay.close("error")
+            return
+        if conn.state is Conn.CLOSED:
+            return
+        self._release_upstream(conn)
+        conn.state = Conn.CLOSED
+        if conn.mask:
+            conn.reactor.forget(conn.transport.fd)
+        conn.transport.reset()
+        conn.closed()
+
+    @staticmethod
+    def _release_upstream(conn: ClientConnection) -> None:
+        conn.release_exchange(reset=True)
+        up = conn.up
+        if up is not None:  # attached between requests: still good for the pool
+            conn.up = None
+            if up.reusable():
+                up.to_pool(conn.reactor, conn.ctx.idle)
+            else:
+                up.close(conn.reactor)
