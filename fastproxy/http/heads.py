@@ -26,6 +26,14 @@ Either way ``fields.special_of`` then finds the special lines with one
 the Host rules (RFC 9112 §3.2) and the target forms (§3.2.1-§3.2.4) are
 applied to their values. Only a head that does not parse pays for more than
 the fast path.
+
+Cost (``python -m tests.http.timing``, Python 3.11.7 on a shared x86-64 VM
+where the old parser took 14.3 µs for the 281-byte GET its docstring timed at
+6.5 µs): a 611-byte, 10-field browser GET from ``receive_data`` to its
+``Request`` takes ~14 µs (17 µs before), of which the canonical fullmatch is
+~3 µs, ``special_of`` ~3.7 µs (a match object per special line: Host, Cookie,
+Connection), the framing and Host rules with the ``Request`` ~2.7 µs and the
+driver ~3 µs; an 8-field nginx response head ~12 µs (13.5 µs before).
 """
 
 from __future__ import annotations

@@ -28,13 +28,18 @@ that is not special needs the block itself: first a ``find`` in the
 lowercased block tells whether such a field is there at all (``Connection:
 close`` names none), and only then are all lines listed (``fields.all_lines``)
 and cut the same way. That path is rare and costs one regex pass.
+
+Cost (``python -m tests.http.timing``, the VM of ``heads.py``): the reverse
+proxy's rewrite of a 10-field browser GET (hop-by-hop removal,
+X-Forwarded-*, Via, framing) takes ~3.3 µs, against ~12 µs for the same
+head through the list operations of ``headers.py`` and ``serialize_request``.
 """
 
 from __future__ import annotations
 
 from fastproxy.errors import ProtocolError
 from fastproxy.http.events import InformationalResponse, Request, Response
-from fastproxy.http.fields import SPECIAL_NAMES, Special, all_lines, is_special
+from fastproxy.http.fields import SPECIAL_NAMES, SPECIAL_PREFIX, Special, all_lines, is_special
 from fastproxy.http.framing import BodyKind, value_tokens
 from fastproxy.http.headers import ADDRESS, HOP_BY_HOP
 
@@ -55,7 +60,7 @@ def edit_head(start_line: bytes, head: Head, *, drop: frozenset[bytes] = _NOTHIN
     lines = head.special
     options = _options(lines)
     if not (options <= SPECIAL_NAMES and drop <= SPECIAL_NAMES) or (
-            drop_prefix and not is_special(drop_prefix)):
+            drop_prefix and not drop_prefix.startswith(SPECIAL_PREFIX)):
         lines = _lines_for(block, lines, options, drop, drop_prefix)
     out = [start_line, prepend]
     kept = 0
@@ -84,8 +89,8 @@ def edit_head(start_line: bytes, head: Head, *, drop: frozenset[bytes] = _NOTHIN
 def _lines_for(block: bytes, special: Special, options: frozenset[bytes],
                drop: frozenset[bytes], drop_prefix: bytes) -> Special:
     """``special``, or every line of ``block`` when a field to remove may not be special."""
-    if drop_prefix and not is_special(drop_prefix):
-        return all_lines(block)
+    if drop_prefix and not drop_prefix.startswith(SPECIAL_PREFIX):
+        return all_lines(block)  # names under any other prefix need not be special
     others = [name for name in (options | drop) if not is_special(name)]
     if others:
         lowered = b"\n" + block.lower()

@@ -19,7 +19,7 @@ ProtocolError is answered with its status; an OSError aborts; any other
 exception is logged once, counted as ``internal_errors`` and aborts this
 connection only.
 
-Rules:
+Rules (reuse and retries: ``connector``; endings: ``lifecycle``):
 
 1. A request reaches no upstream before its head and the body bytes at hand
    are parsed: a framing error found then answers the client and sends
@@ -28,12 +28,6 @@ Rules:
 2. A body that arrived with its head leaves with it (``read_body`` appends it
    behind the head); chunked bodies are re-framed a whole read at a time;
    large bodies move with splice (``splice.BodySplice``).
-3. Reuse in order: the connection attached to this client (same peer and
-   server), then the worker's pool, then a new connection (``dialer``).
-4. A request is sent again only when no response byte came back, it is
-   idempotent and it has no body (RFC 9110 §9.2.2; nginx's "error").
-5. After a final answer that leaves request bytes unread, the connection is
-   closed lingeringly (``transport.linger_close``).
 """
 
 from __future__ import annotations
@@ -52,8 +46,6 @@ from fastproxy.modes.connector import Connector
 from fastproxy.modes.exchange import Action, Answer, Exchange
 from fastproxy.modes.exchange import Event as E
 from fastproxy.modes.exchange import State as X
-from fastproxy.modes.phases import PENDING
-from fastproxy.modes.splice import BodySplice, worth_splicing
 from fastproxy.modes.transport import MAX_BUFFER, READ_SIZE, PlainTransport
 from fastproxy.modes.upstream_conn import UpstreamConnection
 from fastproxy.reactor import EVENT_READ, EVENT_WRITE
@@ -86,8 +78,8 @@ class ClientConnection:
     ``deliver_peer(ex, peer_or_answer)``; for the worker: ``abort()``,
     ``check_timeouts(now)`` (in ``lifecycle``)."""
 
-    __slots__ = ("mode", "ctx", "reactor", "c", "transport", "addr", "client_ip", "parser",
-                 "out", "mask", "state", "ex", "up", "connector", "resp_splice",
+    __slots__ = ("mode", "ctx", "reactor", "c", "transport", "client_ip", "parser",
+                 "out", "mask", "state", "ex", "up", "connector",
                  "relay", "eof", "last_client", "last_upstream", "head_started", "served",
                  "busy")
 
@@ -98,7 +90,6 @@ class ClientConnection:
         self.reactor = ctx.reactor
         self.c = ctx.c
         self.transport = PlainTransport(sock)
-        self.addr = addr
         self.client_ip = addr[0]
         self.parser = mode.new_parser()
         self.out = bytearray()
@@ -107,7 +98,6 @@ class ClientConnection:
         self.ex: Exchange | None = None
         self.up: UpstreamConnection | None = None   # the exchange's, or attached between requests
         self.connector = Connector()
-        self.resp_splice: BodySplice | None = None
         self.relay: Relay | None = None
         self.eof = False          # the client sent FIN
         now = self.reactor.now
@@ -166,9 +156,7 @@ class ClientConnection:
             self.c[C.bytes_in] += len(data)
             if self.ex is None and not self.parser.buffered:
                 self.head_started = self.last_client
-        else:
-            # The client may shut its side after a complete request: the answer
-            # still goes out; a request left incomplete fails in the parser.
+        else:  # after a complete request the answer still goes out (half-close)
             self.eof = True
         self.parser.receive_data(data)
 
@@ -184,16 +172,8 @@ class ClientConnection:
     def _upstream_event(self, mask: int) -> None:
         ex = self.ex
         up = self.up
-        if ex is None or up is None or ex.finished or ex.state is X.CONNECTING:
-            return
-        if mask & EVENT_WRITE:
-            self.connector.flush(self, ex, up)
-        if mask & EVENT_READ and self.up is up:
-            self.last_upstream = self.reactor.now
-            if self.resp_splice is not None:
-                self._step_resp_splice(ex)
-            else:
-                self.connector.read(self, ex, up)
+        if ex is not None and up is not None and not ex.finished and ex.state is not X.CONNECTING:
+            self.connector.on_event(self, ex, up, mask)
 
     def resume(self, ex: Exchange) -> None:
         """A request filter that returned PENDING is done: run the filters again."""
@@ -253,10 +233,11 @@ class ClientConnection:
         ex = Exchange(request, parser.body_kind, parser.content_length, self.reactor.now,
                       bool(upgrade_protocols(request)))
         self.ex = ex
-        self._act(ex, ex.step(E.HEAD_PARSED))
+        self.act(ex, E.HEAD_PARSED)
 
-    def _act(self, ex: Exchange, action: Action) -> None:
-        _ACTIONS[action](self, ex)
+    def act(self, ex: Exchange, event: E) -> None:
+        """Step the exchange and carry out the action its table names."""
+        _ACTIONS[ex.step(event)](self, ex)
 
     def _pump_request(self, ex: Exchange) -> bool:
         """Body bytes at hand go behind the head in the upstream buffer; True on progress."""
@@ -285,7 +266,7 @@ class ClientConnection:
             kind = type(event)
             if kind is Response:
                 ex.response = event  # type: ignore[assignment]
-                self._act(ex, ex.step(E.RESPONSE_HEAD))
+                self.act(ex, E.RESPONSE_HEAD)
                 return True
             if kind is InformationalResponse:
                 info: InformationalResponse = event  # type: ignore[assignment]
@@ -294,54 +275,25 @@ class ClientConnection:
                 return True
             return False
         out = self.out
-        if self.resp_splice is not None or len(out) >= MAX_BUFFER:
+        if self.connector.resp_splice is not None or len(out) >= MAX_BUFFER:
             return False
         before = len(out)
         done = rp.read_body(out, chunked=ex.chunked_out, limit=MAX_BUFFER)
         ex.sent += len(out) - before
         if done:
-            self._act(ex, ex.step(E.RESPONSE_DONE))
+            self.act(ex, E.RESPONSE_DONE)
             return True
         return len(out) != before
 
     # -- actions (named by the exchange's transition table) ------------------------------
     def _filter_request(self, ex: Exchange) -> None:
-        filters = self.mode.request_filters
-        while ex.cursor < len(filters):
-            verdict = filters[ex.cursor](self, ex)
-            if verdict is None:
-                ex.cursor += 1
-            elif verdict is PENDING:
-                ex.step(E.PENDING)
-                return
-            else:
-                self._answer(ex, verdict)
-                return
-        self._act(ex, ex.step(E.ADMITTED))
+        self.mode.filter_request(self, ex)
 
     def _choose_peer(self, ex: Exchange) -> None:
-        for choose in self.mode.peer_steps:
-            found = choose(self, ex)
-            if found is PENDING:
-                ex.step(E.PENDING)
-                return
-            if found is not None:
-                self._peer_found((ex, found))
-                return
-        self._answer(ex, self.mode.error(502, "no upstream for this request"))
+        self.mode.choose_peer(self, ex)
 
     def _peer_found(self, arg: tuple[Exchange, Any]) -> None:
-        ex, found = arg
-        if isinstance(found, Answer):
-            self._answer(ex, found)
-            return
-        ex.peer = found
-        ex.candidates = found.candidates(self.client_ip)
-        if not ex.candidates:
-            self.c[C.upstream_no_server] += 1
-            self._answer(ex, self.mode.error(503, "no healthy server"))
-            return
-        self._act(ex, ex.step(E.PEER_CHOSEN))
+        self.mode.peer_found(self, *arg)
 
     def _connect(self, ex: Exchange) -> None:
         self.connector.connect(self, ex)
@@ -372,9 +324,9 @@ class ClientConnection:
             greeting = connected(self, ex)
             if greeting is not None:  # the step answers the client and tunnels
                 self.out += greeting
-                self._act(ex, ex.step(E.TUNNEL))
+                self.act(ex, E.TUNNEL)
                 return
-        self._act(ex, ex.step(E.CONNECTED))
+        self.act(ex, E.CONNECTED)
 
     def on_dial_failed(self, timed_out: bool) -> None:
         if self.busy:
@@ -385,7 +337,7 @@ class ClientConnection:
     def _dial_failed(self, timed_out: bool) -> None:
         ex = self.ex
         if ex is not None and not ex.finished:
-            self._answer(ex, self.mode.error(502, "no upstream server could be reached"))
+            self.answer(ex, self.mode.error(502, "no upstream server could be reached"))
 
     def _send_request(self, ex: Exchange) -> None:
         up = self.up
@@ -398,11 +350,11 @@ class ClientConnection:
         up = self.up
         assert response is not None and up is not None
         ex.upstream_time = self.reactor.now - ex.upstream_started
-        self._count_status(response.status)
+        self.count_status(response.status)
         rp = up.parser
         kind = rp.body_kind
         if kind is BodyKind.TUNNEL:  # 101 to an Upgrade, or a parent's 2xx to CONNECT
-            self._act(ex, ex.step(E.TUNNEL))
+            self.act(ex, E.TUNNEL)
             return
         self.out += self.mode.response_head(self, ex, kind, rp.content_length)
 
@@ -435,7 +387,7 @@ class ClientConnection:
         assert answer is not None
         self.release_exchange(reset=True)
         self.out += answer.data
-        self._count_status(answer.status)
+        self.count_status(answer.status)
         self.mode.ended(self, ex)
         self.ex = None
         close = answer.close
@@ -451,77 +403,28 @@ class ClientConnection:
         self.head_started = self.last_client = self.reactor.now
 
     def _start_tunnel(self, ex: Exchange) -> None:
-        up = self.up
-        assert up is not None
-        if ex.response is None:  # CONNECT to the destination: the step queued its answer
-            self._count_status(200)
-        else:
-            self.out += self.mode.tunnel_head(self, ex)
-        self.c[C.tunnels] += 1
-        self.mode.ended(self, ex)
-        to_client = bytes(self.out) + up.parser.trailing_data[0]
-        to_upstream = bytes(up.out) + self.parser.trailing_data[0]
-        self.out.clear()
-        up.out.clear()
-        self.state = Conn.TUNNEL
-        relay = Relay(self.reactor, self.ctx.pool, self.c, self.transport.sock, up.sock,
-                      self._on_tunnel_closed, self.mode.timeouts.idle)
-        self.relay = relay
-        relay.start(up.mask, client_registered_mask=self.mask,
-                    to_upstream=to_upstream, to_client=to_client)
+        self.mode.lifecycle.tunnel(self, ex)
 
     def _release(self, ex: Exchange) -> None:
         self.abort()
 
     def _nothing(self, ex: Exchange) -> None:
-        pass
-
-    # -- failures upstream ----------------------------------------------------------------
-    def upstream_lost(self, ex: Exchange, detail: str) -> None:
-        """The upstream connection failed while forwarding (``connector``, rules 2-3)."""
-        if self.connector.lost(self, ex):
-            self._act(ex, ex.step(E.UPSTREAM_LOST))
-            return
-        self.upstream_failed(ex, 502, f"upstream connection failed: {detail}")
-
-    def upstream_failed(self, ex: Exchange, status: int, detail: str) -> None:
-        if ex.peer is not None and ex.server >= 0:
-            ex.peer.record_failure(ex.server)
-        if ex.response is not None:
-            self.abort()  # the client has part of a response: it must see it fail
-        else:
-            self._answer(ex, self.mode.error(status, detail))
+        """The table's NONE."""
 
     def release_exchange(self, reset: bool) -> None:
         """Stop whatever the exchange had under way upstream."""
         self.connector.cancel()
-        if self.resp_splice is not None:
-            self.resp_splice.release()
-            self.resp_splice = None
         up = self.up
         if up is not None and up.active:
             self.up = None
             up.close(self.reactor, reset=reset)
 
-    # -- bodies moved with splice ------------------------------------------------------------
-    def _step_resp_splice(self, ex: Exchange) -> None:
-        splice = self.resp_splice
-        up = self.up
-        assert splice is not None and up is not None
-        if not splice.step():
-            return
-        self.resp_splice = None
-        ex.sent += splice.moved
-        up.received += splice.moved
-        if up.parser.read_body(self.out, chunked=False, limit=MAX_BUFFER):
-            self._act(ex, ex.step(E.RESPONSE_DONE))
-
     # -- writing -----------------------------------------------------------------------------
     def _flush_client(self) -> None:
         out = self.out
         if not out:
-            if self.resp_splice is not None and self.ex is not None:
-                self._step_resp_splice(self.ex)
+            if self.connector.resp_splice is not None and self.ex is not None:
+                self.connector.step_response_splice(self, self.ex)
             return
         n = self.transport.send(out)
         del out[:n]
@@ -533,19 +436,15 @@ class ClientConnection:
             self.mode.lifecycle.close_now(self)
             return
         ex = self.ex
-        up = self.up
-        if (ex is not None and ex.state is X.RELAYING and up is not None and not ex.chunked_out
-                and self.transport.can_splice and worth_splicing(up.parser)):
-            self.resp_splice = BodySplice(self.ctx.pool, self.c, up.sock, self.transport.sock,
-                                          up.parser, C.upstream_bytes_in, C.bytes_out)
-            self._step_resp_splice(ex)
+        if ex is not None and ex.state is X.RELAYING and not ex.chunked_out:
+            self.connector.splice_response(self, ex)
 
     def _interest(self) -> None:
         ex = self.ex
         up = self.up
         out = self.out
-        mask = EVENT_WRITE if out or (self.resp_splice is not None
-                                      and self.resp_splice.pending) else 0
+        resp = self.connector.resp_splice
+        mask = EVENT_WRITE if out or (resp is not None and resp.pending) else 0
         if self.state is Conn.OPEN and not self.eof:
             if ex is None:
                 if len(out) < MAX_BUFFER:
@@ -562,21 +461,15 @@ class ClientConnection:
             self.connector.interest(self, ex, self.up)
 
     # -- answers ---------------------------------------------------------------------------
-    def _answer(self, ex: Exchange, answer: Answer) -> None:
-        ex.answer = answer
-        self._act(ex, ex.step(E.ANSWER))
-
     def answer(self, ex: Exchange, answer: Answer) -> None:
         """Answer the client for ``ex`` (the exchange ends, as its table allows)."""
-        self._answer(ex, answer)
+        ex.answer = answer
+        self.act(ex, E.ANSWER)
 
-    def _count_status(self, status: int) -> None:
+    def count_status(self, status: int) -> None:
         counter = _RESPONSE_CLASS.get(status // 100)
         if counter is not None:
             self.c[counter] += 1
-
-    def count_status(self, status: int) -> None:
-        self._count_status(status)
 
     # -- the end of the connection (``lifecycle`` decides when) -------------------------------
     def check_timeouts(self, now: float) -> None:
@@ -589,17 +482,6 @@ class ClientConnection:
 
     def closed(self) -> None:
         self.ctx.session_closed(self)
-
-    def _on_tunnel_closed(self, relay: Relay, reason: str) -> None:
-        self.relay = None
-        up = self.up
-        if up is not None:
-            up.sent, up.received = relay.up.moved, relay.down.moved
-            up.release()
-            up.fd = -1
-            self.up = None
-        self.state = Conn.CLOSED
-        self.closed()
 
 
 _ACTIONS: dict[Action, Callable[[ClientConnection, Exchange], None]] = {

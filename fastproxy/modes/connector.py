@@ -42,11 +42,12 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 class Connector:
     """See the module docstring; ``dialer`` is the walk in progress, if any."""
 
-    __slots__ = ("dialer", "splice")
+    __slots__ = ("dialer", "splice", "resp_splice")
 
     def __init__(self) -> None:
         self.dialer: Dialer | None = None
-        self.splice: BodySplice | None = None   # the request body, moving with splice
+        self.splice: BodySplice | None = None        # the request body, moving with splice
+        self.resp_splice: BodySplice | None = None   # the response body, likewise
 
     def connect(self, conn: ClientConnection, ex: Exchange) -> None:
         peer = ex.peer
@@ -71,13 +72,25 @@ class Connector:
                              None if tunnel else take_pooled, peer.bind)
         self.dialer.next()
 
-    def lost(self, conn: ClientConnection, ex: Exchange) -> bool:
-        """Whether the request may be sent again after its connection failed (rule 2)."""
+    def lost(self, conn: ClientConnection, ex: Exchange, detail: str) -> None:
+        """The connection failed while forwarding: retry (rule 2) or fail (rule 3)."""
         up = conn.up
         kind = ex.body_kind
         bodiless = kind is BodyKind.NONE or (kind is BodyKind.LENGTH and not ex.content_length)
-        return (ex.response is None and up is not None and not up.received and bodiless
-                and conn.parser.state is ParserState.DONE and ex.request.method in _IDEMPOTENT)
+        if (ex.response is None and up is not None and not up.received and bodiless
+                and conn.parser.state is ParserState.DONE and ex.request.method in _IDEMPOTENT):
+            conn.act(ex, E.UPSTREAM_LOST)
+            return
+        self.failed(conn, ex, 502, f"upstream connection failed: {detail}")
+
+    def failed(self, conn: ClientConnection, ex: Exchange, status: int, detail: str) -> None:
+        """Rule 3 (the server is marked failed for passive health)."""
+        if ex.peer is not None and ex.server >= 0:
+            ex.peer.record_failure(ex.server)
+        if ex.response is not None:
+            conn.abort()  # the client has part of a response: it must see it fail
+        else:
+            conn.answer(ex, conn.mode.error(status, detail))
 
     def retry(self, conn: ClientConnection, ex: Exchange) -> None:
         up = conn.up
@@ -106,11 +119,23 @@ class Connector:
         if self.dialer is not None:
             self.dialer.cancel()
             self.dialer = None
-        if self.splice is not None:
-            self.splice.release()
-            self.splice = None
+        for splice in (self.splice, self.resp_splice):
+            if splice is not None:
+                splice.release()
+        self.splice = self.resp_splice = None
 
     # -- the upstream connection's I/O ----------------------------------------------------
+    def on_event(self, conn: ClientConnection, ex: Exchange, up: UpstreamConnection,
+                 mask: int) -> None:
+        if mask & EVENT_WRITE:
+            self.flush(conn, ex, up)
+        if mask & EVENT_READ and conn.up is up:
+            conn.last_upstream = conn.reactor.now
+            if self.resp_splice is not None:
+                self.step_response_splice(conn, ex)
+            else:
+                self.read(conn, ex, up)
+
     def read(self, conn: ClientConnection, ex: Exchange, up: UpstreamConnection) -> None:
         """What the server sent goes to the response parser (rule 3 on failure)."""
         try:
@@ -118,11 +143,11 @@ class Connector:
         except BlockingIOError:
             return
         except OSError as exc:
-            conn.upstream_lost(ex, exc.strerror or str(exc))
+            self.lost(conn, ex, exc.strerror or str(exc))
             return
         if not data:
             if not up.received:
-                conn.upstream_lost(ex, "closed without a response")
+                self.lost(conn, ex, "closed without a response")
                 return
             up.eof = True
         up.received += len(data)
@@ -140,7 +165,7 @@ class Connector:
         except BlockingIOError:
             return
         except OSError as exc:
-            conn.upstream_lost(ex, exc.strerror or str(exc))
+            self.lost(conn, ex, exc.strerror or str(exc))
             return
         del up.out[:n]
         up.sent += n
@@ -169,6 +194,26 @@ class Connector:
         if not up.out and ex.state is X.SENDING:
             ex.step(E.REQUEST_SENT)
 
+    def splice_response(self, conn: ClientConnection, ex: Exchange) -> None:
+        """Move the rest of a large response body with splice, once the client has the rest."""
+        up = conn.up
+        if up is not None and conn.transport.can_splice and worth_splicing(up.parser):
+            self.resp_splice = BodySplice(conn.ctx.pool, conn.c, up.sock, conn.transport.sock,
+                                          up.parser, C.upstream_bytes_in, C.bytes_out)
+            self.step_response_splice(conn, ex)
+
+    def step_response_splice(self, conn: ClientConnection, ex: Exchange) -> None:
+        splice = self.resp_splice
+        up = conn.up
+        assert splice is not None and up is not None
+        if not splice.step():
+            return
+        self.resp_splice = None
+        ex.sent += splice.moved
+        up.received += splice.moved
+        if up.parser.read_body(conn.out, chunked=False, limit=MAX_BUFFER):
+            conn.act(ex, E.RESPONSE_DONE)
+
     def interest(self, conn: ClientConnection, ex: Exchange | None,
                  up: UpstreamConnection) -> None:
         """The upstream fd's selector interest (attached: watched for the server closing)."""
@@ -179,7 +224,7 @@ class Connector:
         else:
             splice = self.splice
             want = EVENT_WRITE if up.out or (splice is not None and splice.pending) else 0
-            resp = conn.resp_splice
+            resp = self.resp_splice
             if len(conn.out) < MAX_BUFFER and (resp is None or not resp.pending):
                 want |= EVENT_READ
         if want != up.mask:

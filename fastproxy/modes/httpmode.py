@@ -13,17 +13,18 @@ mode.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastproxy.config import Listener
 from fastproxy.http import BodyKind, RequestParser
 from fastproxy.http.rewrite import edit_head, framing_field
 from fastproxy.log import AccessLog
 from fastproxy.modes.client import ClientConnection
-from fastproxy.modes.exchange import Answer, Exchange
+from fastproxy.modes.exchange import Answer, Event, Exchange
 from fastproxy.modes.httpcommon import access_line, error_response, parser_limits
 from fastproxy.modes.lifecycle import Lifecycle
-from fastproxy.modes.phases import HeadEdit, Step, overriding
+from fastproxy.modes.phases import PENDING, HeadEdit, Step, overriding
+from fastproxy.stats.shm import C
 
 if TYPE_CHECKING:
     from fastproxy.context import WorkerContext
@@ -86,6 +87,46 @@ class HttpMode:
 
     def new_parser(self) -> RequestParser:
         return RequestParser(self.limits)
+
+    # -- the phases before the upstream ----------------------------------------------------
+    def filter_request(self, conn: ClientConnection, ex: Exchange) -> None:
+        """Run the request filters from ``ex.cursor`` (again, after one was PENDING)."""
+        filters = self.request_filters
+        while ex.cursor < len(filters):
+            verdict = filters[ex.cursor](conn, ex)
+            if verdict is None:
+                ex.cursor += 1
+            elif verdict is PENDING:
+                ex.step(Event.PENDING)
+                return
+            else:
+                conn.answer(ex, verdict)
+                return
+        conn.act(ex, Event.ADMITTED)
+
+    def choose_peer(self, conn: ClientConnection, ex: Exchange) -> None:
+        """The first upstream_peer step that answers decides."""
+        for choose in self.peer_steps:
+            found = choose(conn, ex)
+            if found is PENDING:
+                ex.step(Event.PENDING)
+                return
+            if found is not None:
+                self.peer_found(conn, ex, found)
+                return
+        conn.answer(ex, self.error(502, "no upstream for this request"))
+
+    def peer_found(self, conn: ClientConnection, ex: Exchange, found: Any) -> None:
+        if isinstance(found, Answer):
+            conn.answer(ex, found)
+            return
+        ex.peer = found
+        ex.candidates = found.candidates(conn.client_ip)
+        if not ex.candidates:
+            conn.c[C.upstream_no_server] += 1
+            conn.answer(ex, self.error(503, "no healthy server"))
+            return
+        conn.act(ex, Event.PEER_CHOSEN)
 
     # -- heads ---------------------------------------------------------------------------
     def request_head(self, conn: ClientConnection, ex: Exchange) -> bytes:

@@ -31,6 +31,7 @@ from fastproxy.modes.exchange import Exchange
 from fastproxy.modes.exchange import State as X
 from fastproxy.modes.transport import linger_close
 from fastproxy.modes.upstream_conn import PARK_SECONDS
+from fastproxy.relay import Relay
 from fastproxy.stats.shm import C
 
 _QUIET_STATES = frozenset((ParserState.IDLE, ParserState.DONE, ParserState.CLOSED))
@@ -81,7 +82,7 @@ class Lifecycle:
             conn.connector.check_timeout(now, timeouts.connect)
         elif state is X.SENDING or state is X.AWAITING or state is X.RELAYING:
             if now - conn.last_upstream >= timeouts.upstream_read:
-                conn.upstream_failed(ex, 504, "upstream timed out")
+                conn.connector.failed(conn, ex, 504, "upstream timed out")
             elif (conn.parser.state is not ParserState.DONE
                   and now - conn.last_client >= timeouts.idle):
                 self.abort(conn)
@@ -90,7 +91,7 @@ class Lifecycle:
     def protocol_error(self, conn: ClientConnection, exc: ProtocolError) -> None:
         ex = conn.ex
         if exc.side is Side.UPSTREAM and ex is not None:
-            conn.upstream_failed(ex, 502, str(exc))
+            conn.connector.failed(conn, ex, 502, str(exc))
             return
         conn.c[C.client_errors] += 1
         if ex is not None and ex.response is not None:
@@ -146,6 +147,39 @@ class Lifecycle:
             conn.reactor.forget(conn.transport.fd)
         conn.transport.reset()
         conn.closed()
+
+    # -- leaving HTTP ------------------------------------------------------------------
+    def tunnel(self, conn: ClientConnection, ex: Exchange) -> None:
+        """Hand both sockets to a byte relay (an upgrade, a CONNECT), with what
+        each side still has to get."""
+        up = conn.up
+        assert up is not None
+        if ex.response is None:  # CONNECT to the destination: the step queued its answer
+            conn.count_status(200)
+        else:
+            conn.out += conn.mode.tunnel_head(conn, ex)
+        conn.c[C.tunnels] += 1
+        conn.mode.ended(conn, ex)
+        to_client = bytes(conn.out) + up.parser.trailing_data[0]
+        to_upstream = bytes(up.out) + conn.parser.trailing_data[0]
+        conn.out.clear()
+        up.out.clear()
+        conn.state = Conn.TUNNEL
+
+        def closed(relay: Relay, reason: str) -> None:
+            conn.relay = None
+            up.sent, up.received = relay.up.moved, relay.down.moved
+            up.release()
+            up.fd = -1
+            conn.up = None
+            conn.state = Conn.CLOSED
+            conn.closed()
+
+        relay = Relay(conn.reactor, conn.ctx.pool, conn.c, conn.transport.sock, up.sock,
+                      closed, self.timeouts.idle)
+        conn.relay = relay
+        relay.start(up.mask, client_registered_mask=conn.mask,
+                    to_upstream=to_upstream, to_client=to_client)
 
     @staticmethod
     def _release_upstream(conn: ClientConnection) -> None:

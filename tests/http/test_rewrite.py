@@ -258,6 +258,11 @@ def test_edit_head_on_responses_and_rare_names() -> None:
         start + b"Server: s\r\nContent-Length: 5\r\n\r\n")
     assert edit_head(start, response, drop_prefix=b"x-") == (
         start + b"Server: s\r\nContent-Length: 5\r\n\r\n")
+    assert edit_head(start, response, drop_prefix=b"se") == (
+        start + b"Content-Length: 5\r\nX-Other: 2\r\n\r\n")
+    hosts = Request(b"GET", b"/", [(b"Host", b"h"), (b"Hostx", b"1"), (b"A", b"2")])
+    assert edit_head(b"GET / HTTP/1.1\r\n", hosts, drop_prefix=b"host") == (
+        b"GET / HTTP/1.1\r\nA: 2\r\n\r\n")
     assert edit_head(start, Response(204)) == start + b"\r\n"
     assert edit_head(start, Response(204), prepend=b"A: 1\r\n", append=b"B: 2\r\n") == (
         start + b"A: 1\r\nB: 2\r\n\r\n")
