@@ -60,6 +60,10 @@ SEARCH_TAIL = 3   # bytes of an unfinished head re-searched for CRLFCRLF
 class BodyReader:
     """Buffer, state and body readers of a parser; see ``state.RequestParser``."""
 
+    __slots__ = ("limits", "body_kind", "content_length", "_state", "_buf", "_eof", "_error",
+                 "_scan", "_checked", "_remaining", "_chunked_total", "_chunk_size",
+                 "_chunk_ext", "_chunk_started", "_leading")
+
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.body_kind = BodyKind.NONE

@@ -68,6 +68,7 @@ from fastproxy.http.events import (
 )
 from fastproxy.http.framing import DEFAULT_LIMITS, BodyKind, Limits, Role, check_partial_head, fail
 from fastproxy.http.heads import parse_request_head, parse_response_head
+from fastproxy.http.memo import HeadMemo
 from fastproxy.http.transitions import (
     HEAD_TRIGGERS,
     TRANSITIONS,
@@ -85,6 +86,8 @@ _CR_LF = (0x0D, 0x0A)
 
 class _Parser(BodyReader):
     """Shared driver; see the module docstring. Not for direct use."""
+
+    __slots__ = ()
 
     _role: Role = "request"
 
@@ -216,9 +219,20 @@ class RequestParser(_Parser):
     """
 
     _role: Role = "request"
+    __slots__ = ("_memo",)
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, memo: HeadMemo | None = None) -> None:
+        super().__init__(limits)
+        self._memo = memo
 
     def _on_head(self, head: bytes) -> Request:
-        request, kind, length = parse_request_head(head, self.limits)
+        memo = self._memo
+        parsed = memo.get(head) if memo is not None else None
+        if parsed is None:
+            parsed = parse_request_head(head, self.limits)
+            if memo is not None:
+                memo.put(head, head, parsed, parsed[0].special)
+        request, kind, length = parsed
         self._begin_body(kind, length)
         return request
 
@@ -233,10 +247,12 @@ class ResponseParser(_Parser):
     """
 
     _role: Role = "response"
+    __slots__ = ("_expected", "_memo")
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, memo: HeadMemo | None = None) -> None:
         super().__init__(limits)
         self._expected: deque[tuple[bytes, bool]] = deque()
+        self._memo = memo
 
     def expect(self, method: bytes, *, upgrade: bool = False) -> None:
         """Queue the request whose response comes next (after earlier ones)."""
@@ -251,7 +267,13 @@ class ResponseParser(_Parser):
         if not self._expected:
             raise fail("response without a request")
         method, upgrade = self._expected[0]
-        event, kind, length = parse_response_head(head, self.limits, method)
+        memo = self._memo
+        parsed = memo.get((head, method)) if memo is not None else None
+        if parsed is None:
+            parsed = parse_response_head(head, self.limits, method)
+            if memo is not None:
+                memo.put((head, method), head, parsed, parsed[0].special)
+        event, kind, length = parsed
         if isinstance(event, InformationalResponse):
             self._go(Trigger.INTERIM)
             return event

@@ -315,7 +315,8 @@ class ClientConnection:
         if up is not None and up.sock is sock:
             up.reuse()
         else:
-            up = self.up = UpstreamConnection(sock, ex.peer, server, mask, reused)
+            up = self.up = UpstreamConnection(sock, ex.peer, server, mask, reused,
+                                              self.mode.response_memo)
             self.reactor.modify(up.fd, mask, self.on_upstream)
         up.parser.expect(ex.request.method, upgrade=ex.upgrade)
         ex.server = server

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastproxy.config import Listener
 from fastproxy.http import BodyKind, RequestParser
+from fastproxy.http.memo import HeadMemo
 from fastproxy.http.rewrite import edit_head, framing_field
 from fastproxy.log import AccessLog
 from fastproxy.modes.client import ClientConnection
@@ -64,6 +65,8 @@ class HttpMode:
         self.limits = parser_limits(listener.limits)
         self.timeouts = listener.timeouts
         self.lifecycle = Lifecycle(listener.timeouts)
+        self.request_memo = HeadMemo()    # parsed heads, by their bytes (``http.memo``)
+        self.response_memo = HeadMemo()
         steps = [*steps, AccessLogStep(ctx.access)]
         self.request_filters = overriding(steps, "request_filter")
         self.peer_steps = overriding(steps, "upstream_peer")
@@ -86,7 +89,7 @@ class HttpMode:
         ClientConnection(self, sock, addr).start(initial)
 
     def new_parser(self) -> RequestParser:
-        return RequestParser(self.limits)
+        return RequestParser(self.limits, self.request_memo)
 
     # -- the phases before the upstream ----------------------------------------------------
     def filter_request(self, conn: ClientConnection, ex: Exchange) -> None:

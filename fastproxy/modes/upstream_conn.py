@@ -25,6 +25,7 @@ from typing import Any
 
 from fastproxy.http import ResponseParser
 from fastproxy.http import State as ParserState
+from fastproxy.http.memo import HeadMemo
 from fastproxy.reactor import Reactor
 from fastproxy.relay import set_reset
 from fastproxy.upstream.pool import IdlePool
@@ -39,14 +40,14 @@ class UpstreamConnection:
                  "active", "reused", "eof", "send", "recv")
 
     def __init__(self, sock: socket.socket, peer: Any, server: int, registered_mask: int,
-                 reused: bool) -> None:
+                 reused: bool, memo: HeadMemo | None = None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.send = sock.send
         self.recv = sock.recv
         self.peer = peer
         self.server = server
-        self.parser = ResponseParser()
+        self.parser = ResponseParser(memo=memo)
         self.out = bytearray()
         self.mask = registered_mask
         self.sent = 0
