@@ -1,4 +1,4 @@
-"""Bulk-transfer backend and client for bench/tcp_bench.py.
+"""Bulk-transfer backend and client for bench/bench.py (TCP bulk and CONNECT tunnels).
 
 Both sides are written so that they are *not* the bottleneck of a proxy
 benchmark: bytes are sent with ``os.sendfile`` from a memfd (page references,
@@ -19,6 +19,12 @@ Usage::
 
     python bench/bulkio.py server --port 18000
     python bench/bulkio.py client --port 18080 --direction up --bytes 1073741824
+    python bench/bulkio.py client --port 18590 --connect 127.0.0.1:18000 --direction down ...
+
+With ``--connect HOST:PORT`` the client talks to a forward proxy: it sends
+``CONNECT HOST:PORT``, requires a ``200`` head and no byte after it, and then
+speaks the protocol above through the tunnel (the CONNECT and the proxy's
+upstream connect happen before ``ready``, outside the measured window).
 
 With ``--handshake`` the client connects, prints ``ready`` and waits for a
 ``go`` line on stdin before it starts the clock, so that the harness can take
@@ -145,6 +151,44 @@ def serve(host: str, port: int) -> None:
 # --------------------------------------------------------------------- client
 
 
+def read_head(sock: socket.socket, limit: int = 16384) -> bytes:
+    """Read a response head up to CRLFCRLF; refuse any byte after it (none may come yet)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"proxy closed before a full response head: {data[:200]!r}")
+        data += chunk
+        if len(data) > limit:
+            raise ConnectionError("response head too long")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if rest:
+        raise ConnectionError(f"{len(rest)} unexpected bytes after the CONNECT response head")
+    return head
+
+
+def open_tunnel(
+    host: str, port: int, dest: str | None, timeout: float | None = 10.0
+) -> socket.socket:
+    """Connect to ``port``; with ``dest`` send CONNECT through it and require a 200.
+
+    Returns a *blocking* socket (no timeout), as os.splice/os.sendfile need."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if dest is not None:
+            sock.sendall(f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n\r\n".encode())
+            status = read_head(sock).split(b"\r\n", 1)[0]
+            parts = status.split(b" ", 2)
+            if len(parts) < 2 or parts[1] != b"200":
+                raise ConnectionError(f"CONNECT {dest} refused: {status.decode(errors='replace')}")
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def wait_for_go() -> None:
     """Tell the harness we are connected and idle; block until it says go."""
     print("ready", flush=True)
@@ -153,13 +197,17 @@ def wait_for_go() -> None:
 
 
 def run_client(
-    host: str, port: int, direction: str, nbytes: int, handshake: bool = False
+    host: str,
+    port: int,
+    direction: str,
+    nbytes: int,
+    handshake: bool = False,
+    connect: str | None = None,
 ) -> dict[str, object]:
     mode = UPLOAD if direction == "up" else DOWNLOAD
     source_fd = make_source() if mode == UPLOAD else -1
     drain = Drain() if mode == DOWNLOAD else None
-    with socket.create_connection((host, port)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with open_tunnel(host, port, connect) as sock:
         if handshake:
             wait_for_go()
         start = time.perf_counter()
@@ -189,18 +237,23 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--port", type=int, required=True)
     cli.add_argument("--direction", choices=("up", "down"), required=True)
     cli.add_argument("--bytes", type=int, required=True)
+    cli.add_argument("--connect", default=None, help="HOST:PORT to CONNECT to through a proxy")
     cli.add_argument(
         "--handshake",
         action="store_true",
         help="after connecting print 'ready' and wait for 'go' on stdin",
     )
     args = parser.parse_args(argv)
-    if not args.host.startswith("127.") and args.host != "::1":
+    loopback = ("127.", "::1", "[::1]")
+    dest = getattr(args, "connect", None) or "127."
+    if not args.host.startswith(loopback) or not dest.startswith(loopback):
         parser.error("bulkio only talks to loopback addresses")
     if args.cmd == "server":
         serve(args.host, args.port)
         return 0
-    result = run_client(args.host, args.port, args.direction, args.bytes, args.handshake)
+    result = run_client(
+        args.host, args.port, args.direction, args.bytes, args.handshake, args.connect
+    )
     print(json.dumps(result), flush=True)
     return 0
 

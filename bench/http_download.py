@@ -1,4 +1,4 @@
-"""HTTP/1.1 bulk-download client for bench/http_bench.py.
+"""HTTP/1.1 bulk-download client for bench/bench.py (the reverse `download` scenario).
 
 Sends ``GET PATH`` ``--count`` times, one after the other, over one
 keep-alive connection (a new one only if the server closes), and reads each

@@ -8,9 +8,10 @@ HTTP/1.1``) to the proxy over one keep-alive connection per user. See
 bench/README.md::
 
     python bench/locust_backend.py --port 9000 &
-    python -m fastproxy run -c fwd.toml &          # mode = "forward", allow_destinations = ["127.0.0.0/8"]
+    python -m fastproxy run -c fwd.toml &   # mode = "forward", allow_destinations = ["127.0.0.0/8"]
     FASTPROXY_PROXY=http://127.0.0.1:8080 \\
-        locust -f bench/locustfile_forward.py --headless -u 20 -r 10 -t 30s --host http://127.0.0.1:9000
+        locust -f bench/locustfile_forward.py --headless -u 20 -r 10 -t 30s \\
+        --host http://127.0.0.1:9000
 
 The tasks and their checks are those of the reverse scenario
 (``bench/locustfile.py``): 10 ``GET /1k`` : 2 ``GET /1m`` (sha256 checked) : 3
@@ -26,6 +27,7 @@ cannot silently route the traffic around the proxy.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -40,7 +42,7 @@ if _HERE not in sys.path:  # Locust normally adds the locustfile's directory its
 # As a module, not `from locustfile import ReverseProxyUser`: Locust runs every
 # User class it finds in this module's namespace, and the reverse user must not
 # be one of them (it would send origin-form requests straight to the backend).
-import locustfile as reverse
+reverse = importlib.import_module("locustfile")
 
 PROXY_ENV = "FASTPROXY_PROXY"
 

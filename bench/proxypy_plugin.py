@@ -1,4 +1,4 @@
-"""proxy.py reverse-proxy route for bench/http_bench.py (loaded by proxy.py, not by us).
+"""proxy.py reverse-proxy route for bench/bench.py (loaded by proxy.py, not by us).
 
 proxy.py's bundled ``proxy.plugin.ReverseProxyPlugin`` is an *example* whose
 routes are hard-coded to ``httpbingo.org``; flags cannot point it elsewhere.
