@@ -67,7 +67,8 @@ class HttpMode:
         self.lifecycle = Lifecycle(listener.timeouts)
         self.request_memo = HeadMemo()    # parsed heads, by their bytes (``http.memo``)
         self.response_memo = HeadMemo()
-        steps = [*steps, AccessLogStep(ctx.access)]
+        if ctx.access.enabled:
+            steps = [*steps, AccessLogStep(ctx.access)]
         self.request_filters = overriding(steps, "request_filter")
         self.peer_steps = overriding(steps, "upstream_peer")
         self.connected_hooks = overriding(steps, "connected")

@@ -20,6 +20,7 @@ from fastproxy.upstream.balance import make_balancer
 PASSIVE_FAILS = 3
 PASSIVE_DOWN_SECONDS = 10.0
 USABLE_TTL = 0.1  # how stale a worker's view of health verdicts may get
+_SESSIONS, _ACTIVE, _SENT, _RECEIVED = S.sessions, S.active, S.bytes_sent, S.bytes_received
 
 
 class UpstreamRuntime:
@@ -39,6 +40,7 @@ class UpstreamRuntime:
         self.names = [str(s.address) for s in config.servers]
         self.sockaddrs = [resolve(s.address.host, s.address.port) for s in config.servers]
         self.shm = shm_indexes
+        self._base = [index * N_SERVER_COUNTERS for index in shm_indexes]  # per-server counters
         n = len(config.servers)
         self.active = [0] * n
         self.fails = [0] * n
@@ -80,11 +82,8 @@ class UpstreamRuntime:
         marks = [until for until in self.down_until if until > now]
         self._usable_until = min([now + USABLE_TTL, *marks])
 
-    def _server(self, i: int, counter: int) -> int:
-        return self.shm[i] * N_SERVER_COUNTERS + counter
-
     def record_failure(self, i: int) -> None:
-        self.slot.servers[self._server(i, S.failures)] += 1
+        self.slot.servers[self._base[i] + S.failures] += 1
         self.fails[i] += 1
         if self.fails[i] >= PASSIVE_FAILS:
             self.down_until[i] = self.reactor.now + PASSIVE_DOWN_SECONDS
@@ -98,15 +97,17 @@ class UpstreamRuntime:
             self._usable_until = 0.0
         self.active[i] += 1
         servers = self.slot.servers
-        servers[self._server(i, S.sessions)] += 1
-        servers[self._server(i, S.active)] += 1
+        base = self._base[i]
+        servers[base + _SESSIONS] += 1
+        servers[base + _ACTIVE] += 1
 
     def session_closed(self, i: int, sent: int, received: int) -> None:
         self.active[i] -= 1
         servers = self.slot.servers
-        servers[self._server(i, S.active)] -= 1
-        servers[self._server(i, S.bytes_sent)] += sent
-        servers[self._server(i, S.bytes_received)] += received
+        base = self._base[i]
+        servers[base + _ACTIVE] -= 1
+        servers[base + _SENT] += sent
+        servers[base + _RECEIVED] += received
 
 
 def resolve(host: str, port: int) -> tuple[tuple[str, int], int]:
