@@ -428,15 +428,9 @@ class Relay:
 
     def _set_mask(self, fd: int, mask: int, callback: Callable[[int], None]) -> None:
         old = self._masks[fd]
-        if mask == old:
-            return
-        if not mask:
-            self.reactor.unregister(fd)
-        elif not old:
-            self.reactor.register(fd, mask, callback)
-        else:
-            self.reactor.modify(fd, mask, callback)
-        self._masks[fd] = mask
+        if mask != old:
+            self.reactor.set_interest(fd, old, mask, callback)
+            self._masks[fd] = mask
 
     # -- timeouts -------------------------------------------------------------------
     def idle_expired(self, now: float) -> bool:

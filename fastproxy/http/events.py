@@ -71,6 +71,11 @@ class _Head:
 
     def _set_fields(self, headers: Iterable[Field], block: bytes | None,
                     special: Special | None) -> None:
+        if special is not None and block is not None and not headers:  # the parser's case
+            self.block = block
+            self.special = special
+            self._headers = None
+            return
         if block is None:
             fields = tuple(headers)
             block = canonical_block(fields)
@@ -159,12 +164,7 @@ class Request(_Head):
         self.scheme = scheme
         self.path = path
         self.keep_alive = keep_alive
-        if block is None or special is None or headers:
-            self._set_fields(headers, block, special)
-        else:  # the parser's case
-            self.block = block
-            self.special = special
-            self._headers = None
+        self._set_fields(headers, block, special)
 
 
 class InformationalResponse(_Head):
@@ -201,12 +201,7 @@ class Response(_Head):
         self.reason = reason
         self.version = version
         self.keep_alive = keep_alive
-        if block is None or special is None or headers:
-            self._set_fields(headers, block, special)
-        else:  # the parser's case
-            self.block = block
-            self.special = special
-            self._headers = None
+        self._set_fields(headers, block, special)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from fastproxy.errors import ProtocolError
 from fastproxy.http.rewrite import forwarded_for
 from fastproxy.modes.exchange import Answer, Exchange
 from fastproxy.modes.httpmode import HttpMode
-from fastproxy.modes.phases import PENDING, HeadEdit, Step
+from fastproxy.modes.phases import PENDING, HeadEdit, Pending, Step
 from fastproxy.modes.reverse import MaxForwards, client_address, via
 from fastproxy.resolver import Resolver
 from fastproxy.stats.shm import C
@@ -109,7 +109,7 @@ class Admission(Step):
         self.resolver = resolver
         self._checking: dict[bytes, list[tuple[ClientConnection, Exchange]]] = {}
 
-    def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | object | None:
+    def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | Pending | None:
         c = conn.c
         if not self.policy.client_allowed(conn.client_ip):
             return deny(conn, C.denied_client, "client not allowed")

@@ -37,14 +37,16 @@ if TYPE_CHECKING:
     from fastproxy.modes.client import ClientConnection
 
 
-class _Pending:
+class Pending:
+    """The type of ``PENDING``."""
+
     __slots__ = ()
 
     def __repr__(self) -> str:
         return "PENDING"
 
 
-PENDING: Final = _Pending()
+PENDING: Final = Pending()
 """A step's answer: not decided yet; the step resumes the exchange later."""
 
 
@@ -92,7 +94,7 @@ class Step:
     upstream_drop_prefix: bytes = b""
     response_drop: frozenset[bytes] = frozenset()
 
-    def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | _Pending | None:
+    def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | Pending | None:
         return None
 
     def upstream_peer(self, conn: ClientConnection, ex: Exchange) -> Any:
