@@ -16,7 +16,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from fastproxy.config import Listener
-from fastproxy.http import BodyKind, RequestParser
+from fastproxy.http import BodyKind, RequestParser, Response
 from fastproxy.http.memo import HeadMemo
 from fastproxy.http.rewrite import edit_head, framing_field
 from fastproxy.log import AccessLog
@@ -30,6 +30,7 @@ from fastproxy.stats.shm import C
 if TYPE_CHECKING:
     from fastproxy.context import WorkerContext
 
+REWRITTEN_HEADS = 512
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 
@@ -67,6 +68,8 @@ class HttpMode:
         self.lifecycle = Lifecycle(listener.timeouts)
         self.request_memo = HeadMemo()    # parsed heads, by their bytes (``http.memo``)
         self.response_memo = HeadMemo()
+        # response -> its head as rewritten for the client (see response_head)
+        self._response_heads: dict[tuple[int, bool, bytes], tuple[Response, bytes]] = {}
         if ctx.access.enabled:
             steps = [*steps, AccessLogStep(ctx.access)]
         self.request_filters = overriding(steps, "request_filter")
@@ -164,6 +167,25 @@ class HttpMode:
         keep = request.keep_alive and kind is not BodyKind.CLOSE
         ex.keep_alive = keep
         ex.chunked_out = kind is BodyKind.CHUNKED
+        if self.response_filters:  # steps may add per-exchange lines: build it every time
+            return self._response_head(conn, ex, kind, length, keep)
+        # Without response steps the head depends only on the response and on
+        # two facts of the request; a remembered response (``http.memo``) is
+        # the same object every time, so its rewritten head is kept with it.
+        key = (id(response), keep, request.version)
+        found = self._response_heads.get(key)
+        if found is not None and found[0] is response:
+            return found[1]
+        head = self._response_head(conn, ex, kind, length, keep)
+        if len(self._response_heads) >= REWRITTEN_HEADS:
+            self._response_heads.clear()
+        self._response_heads[key] = (response, head)
+        return head
+
+    def _response_head(self, conn: ClientConnection, ex: Exchange, kind: BodyKind,
+                       length: int | None, keep: bool) -> bytes:
+        request, response = ex.request, ex.response
+        assert response is not None
         edit = self.edit
         edit.reset(b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason),
                    self.response_drop if kind is BodyKind.NONE else self.response_drop_framed,

@@ -104,3 +104,28 @@ def test_400_with_pipelined_garbage_is_read_in_full(run_http_proxy, backend_fact
                       if line.lower().startswith(b"content-length")))
     assert len(body) == length   # the whole answer arrived
     assert backend.accepted == 0
+
+
+def test_one_backend_answer_rewritten_for_each_client(run_http_proxy) -> None:
+    """The same response head (remembered by the parser) is rewritten per
+    client: keep-alive for HTTP/1.1, close when asked, keep-alive named for 1.0."""
+    from tests.integration.http_backends import HttpBackend
+
+    backend = HttpBackend("app")
+    try:
+        proxy = run_http_proxy({"app": [backend.address]})
+        seen = []
+        for _ in range(2):   # the second round serves remembered heads
+            for version, headers in (("HTTP/1.1", []), ("HTTP/1.1", [("Connection", "close")]),
+                                     ("HTTP/1.0", [("Connection", "keep-alive")]),
+                                     ("HTTP/1.0", [])):
+                with HttpClient(proxy.port) as client:
+                    client.send(build_request("GET", "/bytes/10", headers=headers,
+                                              version=version))
+                    resp = client.read_response()
+                    assert resp.status == 200 and len(resp.body) == 10
+                    seen.append(resp.header("connection"))
+        assert seen[:4] == [None, "close", "keep-alive", "close"]
+        assert seen[4:] == seen[:4]
+    finally:
+        backend.close()
