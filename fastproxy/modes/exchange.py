@@ -12,16 +12,14 @@ the action. An event missing from the table is a bug and raises
 ``IllegalTransition`` (as h11's ``_state.py`` does), so no flag beside the
 state can claim a different story.
 
-    READING ──HEAD_PARSED──▶ ADMITTING ──ADMITTED──▶ CHOOSING ──PEER_CHOSEN──▶ CONNECTING
-                                │  ▲ PENDING          │  ▲ PENDING                │  ▲ UPSTREAM_LOST (retry)
-                                ▼                     ▼                           ▼
-                             ANSWERED ◀────ANSWER─────┴──── CONNECTED ──▶ SENDING ──REQUEST_SENT──▶ AWAITING
-                                                                     │       RESPONSE_HEAD │           │
-                                                                     ▼                     ▼           │
-                                                               TUNNELLED ◀──TUNNEL── RELAYING ◀─────────┘
-                                                                                     │ RESPONSE_DONE
-                                                                                     ▼
-                                                                                    DONE
+    READING -HEAD_PARSED-> ADMITTING -ADMITTED-> CHOOSING -PEER_CHOSEN-> CONNECTING
+    CONNECTING -CONNECTED-> SENDING -REQUEST_SENT-> AWAITING -RESPONSE_HEAD-> RELAYING
+    RELAYING -RESPONSE_DONE-> DONE          (SENDING -RESPONSE_HEAD-> RELAYING too)
+    ADMITTING | CHOOSING -PENDING-> itself  (a step waits: a thread, DNS)
+    SENDING | AWAITING -UPSTREAM_LOST-> CONNECTING (retry)
+    ADMITTING .. AWAITING -ANSWER-> ANSWERED
+    CONNECTING | RELAYING -TUNNEL-> TUNNELLED
+    any state not terminal -ABORT-> FAILED
 
 Facts that are not states are derived, never stored as flags: "the request
 body is complete" is the request parser's state, "the response has begun"
@@ -79,7 +77,7 @@ class Action(enum.Enum):
     NONE = "none"
     FILTER_REQUEST = "filter-request"    # run the request filters
     CHOOSE_PEER = "choose-peer"          # run upstream_peer
-    CONNECT = "connect"                  # walk the candidates (``dialer.Dialer``); 502/504 when none
+    CONNECT = "connect"                  # walk the candidates (``dialer.Dialer``)
     RETRY = "retry"                      # the same request again on a fresh connection
     SEND_REQUEST = "send-request"        # the rewritten head and the body at hand, upstream
     SEND_RESPONSE_HEAD = "send-response-head"  # response filters, head to the client
@@ -102,14 +100,15 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, Action]] = {
     (S.CHOOSING, E.PENDING): (S.CHOOSING, A.NONE),
     (S.CHOOSING, E.PEER_CHOSEN): (S.CONNECTING, A.CONNECT),
     (S.CONNECTING, E.CONNECTED): (S.SENDING, A.SEND_REQUEST),
-    (S.CONNECTING, E.TUNNEL): (S.TUNNELLED, A.START_TUNNEL),   # CONNECT, straight to the destination
+    (S.CONNECTING, E.TUNNEL): (S.TUNNELLED, A.START_TUNNEL),  # CONNECT to the destination
     (S.SENDING, E.REQUEST_SENT): (S.AWAITING, A.NONE),
-    (S.SENDING, E.RESPONSE_HEAD): (S.RELAYING, A.SEND_RESPONSE_HEAD),  # answered before the body ended
+    # an answer before the request body ended
+    (S.SENDING, E.RESPONSE_HEAD): (S.RELAYING, A.SEND_RESPONSE_HEAD),
     (S.AWAITING, E.RESPONSE_HEAD): (S.RELAYING, A.SEND_RESPONSE_HEAD),
     (S.SENDING, E.UPSTREAM_LOST): (S.CONNECTING, A.RETRY),
     (S.AWAITING, E.UPSTREAM_LOST): (S.CONNECTING, A.RETRY),
     (S.RELAYING, E.RESPONSE_DONE): (S.DONE, A.FINISH),
-    (S.RELAYING, E.TUNNEL): (S.TUNNELLED, A.START_TUNNEL),     # 101, or a parent's 2xx to CONNECT
+    (S.RELAYING, E.TUNNEL): (S.TUNNELLED, A.START_TUNNEL),  # 101; a parent's 2xx to CONNECT
     **{(state, E.ANSWER): (S.ANSWERED, A.SEND_ANSWER) for state in _ANSWERABLE},
     **{(state, E.ABORT): (S.FAILED, A.RELEASE)
        for state in State if state not in (S.DONE, S.ANSWERED, S.TUNNELLED, S.FAILED)},
