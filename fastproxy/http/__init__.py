@@ -11,13 +11,9 @@
 - ``syntax``      the grammar as precompiled regular expressions;
 - ``rewrite``     ``edit_head``: the single-pass head rewrite, and the field
   lines a proxy adds (X-Forwarded-For, framing, Max-Forwards);
-- ``headers``     the same operations on field lists (hop-by-hop removal,
-  Via/X-Forwarded-For, anonymisation, Max-Forwards), serialisation and
-  chunked re-framing.
-
-``connection_options`` and ``upgrade_protocols`` here are the field-list
-versions (``headers``); the head versions are ``rewrite.connection_options``
-and ``rewrite.upgrade_protocols``.
+- ``headers``     the field-name sets the rules use, serialisation and chunk
+  framing;
+- ``memo``        recently parsed heads, so that a head seen again is not parsed again.
 """
 
 from fastproxy.http.events import (
@@ -38,30 +34,27 @@ from fastproxy.http.events import (
 )
 from fastproxy.http.framing import DEFAULT_LIMITS, BodyKind, Limits
 from fastproxy.http.headers import (
-                                   add_forwarded_for,
-                                   add_via,
-                                   anonymize,
-                                   connection_options,
-                                   decrement_max_forwards,
                                    encode_chunk,
                                    encode_last_chunk,
                                    encode_piece,
-                                   frame_headers,
-                                   remove_fields,
-                                   remove_hop_by_hop,
                                    serialize_request,
                                    serialize_response,
+)
+from fastproxy.http.rewrite import (
+                                   connection_options,
+                                   edit_head,
+                                   forwarded_for,
+                                   framing_field,
+                                   max_forwards,
                                    upgrade_protocols,
 )
-from fastproxy.http.rewrite import edit_head, forwarded_for, framing_field, max_forwards
 from fastproxy.http.state import ParserUsageError, RequestParser, ResponseParser, State
 
 __all__ = [
     "DEFAULT_LIMITS", "NEED_DATA", "PAUSED", "SPECIAL_NAMES", "BodyKind", "ConnectionClosed",
     "Data", "EndOfMessage", "Event", "Field", "Headers", "InformationalResponse", "Limits",
     "ParserUsageError", "Request", "RequestParser", "Response", "ResponseParser", "Signal",
-    "Special", "State", "add_forwarded_for", "add_via", "anonymize", "connection_options",
-    "decrement_max_forwards", "edit_head", "encode_chunk", "encode_last_chunk", "encode_piece",
-    "forwarded_for", "frame_headers", "framing_field", "max_forwards", "remove_fields",
-    "remove_hop_by_hop", "serialize_request", "serialize_response", "upgrade_protocols",
+    "Special", "State", "connection_options", "edit_head", "encode_chunk", "encode_last_chunk",
+    "encode_piece", "forwarded_for", "framing_field", "max_forwards", "serialize_request",
+    "serialize_response", "upgrade_protocols",
 ]

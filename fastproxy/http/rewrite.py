@@ -6,8 +6,8 @@ fields and a few fields it replaces, and with a few fields of its own.
 every line to remove is a span of ``head.block``, so the output is slices of
 the block joined once, with no list of field tuples.
 
-Rules (the same as the list operations of ``headers.py``, which stay the
-reference and the oracle of ``tests/http/test_rewrite.py``):
+Rules (the same as the list operations in ``tests/http/oracle.py``, the
+oracle of ``tests/http/test_rewrite.py``):
 
 1. Always removed: the hop-by-hop fields (``headers.HOP_BY_HOP``, RFC 9110
    §7.6.1: Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
@@ -32,7 +32,7 @@ and cut the same way. That path is rare and costs one regex pass.
 Cost (``python -m tests.http.timing``, the VM of ``heads.py``): the reverse
 proxy's rewrite of a 10-field browser GET (hop-by-hop removal,
 X-Forwarded-*, Via, framing) takes ~3.3 µs, against ~12 µs for the same
-head through the list operations of ``headers.py`` and ``serialize_request``.
+head through those list operations and ``serialize_request``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def upgrade_protocols(head: Head) -> list[bytes]:
 
 
 def framing_field(kind: BodyKind, length: int) -> bytes:
-    """The framing field for forwarding a body of ``kind`` (as ``headers.frame_headers``)."""
+    """The framing field for forwarding a body of ``kind`` (RFC 9112 §6)."""
     if kind is BodyKind.LENGTH:
         return b"Content-Length: %d\r\n" % length
     if kind is BodyKind.CHUNKED:

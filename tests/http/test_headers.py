@@ -11,18 +11,20 @@ from fastproxy.http import (
     InformationalResponse,
     Request,
     Response,
+    encode_chunk,
+    encode_last_chunk,
+    encode_piece,
+    serialize_request,
+    serialize_response,
+)
+from tests.http.oracle import (
     add_forwarded_for,
     add_via,
     anonymize,
     connection_options,
     decrement_max_forwards,
-    encode_chunk,
-    encode_last_chunk,
-    encode_piece,
     frame_headers,
     remove_hop_by_hop,
-    serialize_request,
-    serialize_response,
     upgrade_protocols,
 )
 

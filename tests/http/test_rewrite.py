@@ -20,24 +20,26 @@ from fastproxy.http import (
     Request,
     RequestParser,
     Response,
-    add_forwarded_for,
-    add_via,
-    anonymize,
-    decrement_max_forwards,
     edit_head,
     forwarded_for,
-    frame_headers,
     framing_field,
     max_forwards,
-    remove_fields,
-    remove_hop_by_hop,
 )
-from fastproxy.http import connection_options as list_connection_options
-from fastproxy.http import upgrade_protocols as list_upgrade_protocols
 from fastproxy.http.fields import is_special
 from fastproxy.http.framing import parse_fields
 from fastproxy.http.headers import IDENTIFYING
 from fastproxy.http.rewrite import connection_options, upgrade_protocols
+from tests.http.oracle import (
+    add_forwarded_for,
+    add_via,
+    anonymize,
+    decrement_max_forwards,
+    frame_headers,
+    remove_fields,
+    remove_hop_by_hop,
+)
+from tests.http.oracle import connection_options as list_connection_options
+from tests.http.oracle import upgrade_protocols as list_upgrade_protocols
 
 PROPS = settings(max_examples=int(os.environ.get("FASTPROXY_FUZZ_EXAMPLES", "400")),
                  deadline=None, database=None,
