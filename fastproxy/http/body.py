@@ -37,6 +37,7 @@ Content-Length body buffered with its head takes ~1.6 µs through
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NoReturn
 
 from fastproxy.errors import ProtocolError
 from fastproxy.http.events import NEED_DATA, Data, EndOfMessage, Event, Signal
@@ -126,10 +127,7 @@ class BodyReader:
                 pass
             return done
         except ProtocolError as exc:
-            error = self._failed(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._fail_with(exc)
 
     # -- machinery -------------------------------------------------------------------
     def _go(self, trigger: Trigger) -> None:
@@ -142,12 +140,15 @@ class BodyReader:
     def _blame(self, exc: ProtocolError) -> ProtocolError:
         return exc
 
-    def _failed(self, exc: ProtocolError) -> ProtocolError:
-        """Enter ERROR for good (rule 3 of ``state.py``); the error to raise."""
+    def _fail_with(self, exc: ProtocolError) -> NoReturn:
+        """Enter ERROR for good (rule 3 of ``state.py``) and raise the error,
+        blamed on its side (the response parser's are the upstream's)."""
         error = self._blame(exc)
         self._error = error
         self._go(Trigger.FAIL)
-        return error
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def _take(self, n: int) -> bytes:
         buf = self._buf

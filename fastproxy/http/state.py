@@ -125,10 +125,7 @@ class _Parser(BodyReader):
                 if result is not None:
                     return result
         except ProtocolError as exc:
-            error = self._failed(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._fail_with(exc)
 
     def start_next(self) -> None:
         """Leave DONE and parse the next message on the connection (rule 1)."""
