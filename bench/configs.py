@@ -174,6 +174,11 @@ def proxypy_reverse(workdir: Path, port: int, upstream: int) -> list[str]:
     ]  # fmt: skip
 
 
+def python_floor(workdir: Path, port: int, upstream: int) -> list[str]:
+    """bench/python_floor.py: a Python byte relay that parses nothing (the floor)."""
+    return [sys.executable, str(BENCH_DIR / "python_floor.py"), str(port), str(upstream)]
+
+
 def _proxypy(data_dir: Path, port: int) -> list[str]:
     if not PROXYPY_PYTHON.exists():
         raise RuntimeError(

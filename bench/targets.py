@@ -71,6 +71,10 @@ TARGETS: tuple[TargetSpec, ...] = (
                "HAProxy mode http, nbthread 1", tool="haproxy"),
     TargetSpec("proxypy", "reverse", 18093, _plain(configs.proxypy_reverse),
                "proxy.py reverse proxy via proxypy_plugin.py", start_timeout=20.0),
+    TargetSpec("python-floor", "reverse", 18094, _plain(configs.python_floor),
+               "bench/python_floor.py: a Python byte relay, no HTTP (the floor)",
+               default=False,
+               only=("get", "get-varied", "post", "chunked", "head", "304", "new-conn")),
     TargetSpec("fastproxy", "reverse", 18090, _fastproxy("http", 19901),
                'fastproxy mode = "http", upstream keepalive 64', admin=19901),
     # ------------------------------------------------------------- forward

@@ -127,9 +127,13 @@ class LeanEpollSelector(selectors.EpollSelector):
         except InterruptedError:
             return []
         get = self._fd_to_key.get
-        return [(key, (((event & _NOT_IN) and EVENT_WRITE) | ((event & _NOT_OUT) and EVENT_READ))
-                 & key.events)
-                for fd, event in polled if (key := get(fd)) is not None]
+        ready = []
+        for fd, event in polled:  # (a loop: a comprehension is one more call per pass)
+            key = get(fd)
+            if key is not None:
+                ready.append((key, (((event & _NOT_IN) and EVENT_WRITE)
+                                    | ((event & _NOT_OUT) and EVENT_READ)) & key.events))
+        return ready
 
 
 _NOT_IN = ~select.EPOLLIN

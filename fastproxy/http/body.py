@@ -61,7 +61,7 @@ SEARCH_TAIL = 3   # bytes of an unfinished head re-searched for CRLFCRLF
 class BodyReader:
     """Buffer, state and body readers of a parser; see ``state.RequestParser``."""
 
-    __slots__ = ("limits", "body_kind", "content_length", "_state", "_buf", "_eof", "_error",
+    __slots__ = ("limits", "body_kind", "content_length", "state", "buffer", "_eof", "_error",
                  "_scan", "_checked", "_remaining", "_chunked_total", "_chunk_size",
                  "_chunk_ext", "_chunk_started", "_leading")
 
@@ -69,8 +69,8 @@ class BodyReader:
         self.limits = limits
         self.body_kind = BodyKind.NONE
         self.content_length: int | None = None
-        self._state = State.IDLE
-        self._buf = bytearray()
+        self.state = State.IDLE
+        self.buffer = bytearray()
         self._eof = False
         self._error: ProtocolError | None = None
         self._scan = 0            # where to resume the search for the end of a head
@@ -87,9 +87,9 @@ class BodyReader:
     def body_remaining(self) -> int | None:
         """Body bytes not yet delivered (Data or body_consumed): the rest of a
         Content-Length body in BODY, None (unknown) in UNTIL_CLOSE, else 0."""
-        if self._state is State.BODY:
+        if self.state is State.BODY:
             return self._remaining
-        return None if self._state is State.UNTIL_CLOSE else 0
+        return None if self.state is State.UNTIL_CLOSE else 0
 
     def body_consumed(self, n: int) -> None:
         """The caller relayed ``n`` raw body bytes past the parser (rule 4).
@@ -97,10 +97,10 @@ class BodyReader:
         Raises ParserUsageError unless the parser is in BODY or UNTIL_CLOSE
         with an empty buffer and ``0 <= n <= body_remaining``.
         """
-        if self._buf or n < 0 or self._state not in (State.BODY, State.UNTIL_CLOSE):
-            raise ParserUsageError(f"body_consumed() in {self._state.value} with "
-                                   f"{len(self._buf)} bytes buffered")
-        if self._state is State.BODY:
+        if self.buffer or n < 0 or self.state not in (State.BODY, State.UNTIL_CLOSE):
+            raise ParserUsageError(f"body_consumed() in {self.state.value} with "
+                                   f"{len(self.buffer)} bytes buffered")
+        if self.state is State.BODY:
             if n > self._remaining:
                 raise ParserUsageError(f"body_consumed({n}) > {self._remaining} remaining")
             self._remaining -= n
@@ -123,7 +123,7 @@ class BodyReader:
         if chunked and self.body_kind is not BodyKind.CHUNKED:
             raise ParserUsageError(f"read_body(chunked=True) of a {self.body_kind.value} body")
         try:
-            while (done := _BULK[self._state](self, out, chunked, limit)) is None:
+            while (done := _BULK[self.state](self, out, chunked, limit)) is None:
                 pass
             return done
         except ProtocolError as exc:
@@ -132,10 +132,10 @@ class BodyReader:
     # -- machinery -------------------------------------------------------------------
     def _go(self, trigger: Trigger) -> None:
         try:
-            self._state = TRANSITIONS[self._state, trigger]
+            self.state = TRANSITIONS[self.state, trigger]
         except KeyError:
             raise ParserUsageError(f"{trigger.value} is illegal in state "
-                                   f"{self._state.value}") from None
+                                   f"{self.state.value}") from None
 
     def _blame(self, exc: ProtocolError) -> ProtocolError:
         return exc
@@ -151,7 +151,7 @@ class BodyReader:
         raise error from exc
 
     def _take(self, n: int) -> bytes:
-        buf = self._buf
+        buf = self.buffer
         with memoryview(buf) as view:
             data = view[:n].tobytes()
         del buf[:n]
@@ -159,7 +159,7 @@ class BodyReader:
 
     def _move(self, out: bytearray, n: int) -> None:
         """Move the first ``n`` buffered bytes to ``out`` without a bytes copy."""
-        buf = self._buf
+        buf = self.buffer
         if n == len(buf):
             out += buf
             buf.clear()
@@ -188,22 +188,22 @@ class BodyReader:
         if not remaining:
             self._go(Trigger.END)
             return _END
-        if not self._buf:
+        if not self.buffer:
             return self._need(f"a body ({remaining} bytes missing)")
-        data = self._take(min(remaining, len(self._buf)))
+        data = self._take(min(remaining, len(self.buffer)))
         self._remaining = remaining - len(data)
         return Data(data)
 
     def _read_until_close(self) -> Event | Signal:
-        if self._buf:
-            return Data(self._take(len(self._buf)))
+        if self.buffer:
+            return Data(self._take(len(self.buffer)))
         if not self._eof:
             return NEED_DATA
         self._go(Trigger.END)
         return _END
 
     def _read_chunk_line(self) -> Signal | None:
-        buf, limits = self._buf, self.limits
+        buf, limits = self.buffer, self.limits
         end = buf.find(b"\r\n")
         if end < 0:
             if b"\n" in buf or buf.find(b"\r", 0, len(buf) - 1) >= 0:
@@ -227,15 +227,15 @@ class BodyReader:
         return None
 
     def _read_chunk_data(self) -> Event | Signal:
-        if not self._buf:
+        if not self.buffer:
             return self._need("a chunk")
         start = not self._chunk_started
-        data = self._take(min(self._remaining, len(self._buf)))
+        data = self._take(min(self._remaining, len(self.buffer)))
         end = self._advance_chunk(len(data))
         return Data(data, start, end, self._chunk_size, self._chunk_ext)
 
     def _read_chunk_crlf(self) -> Signal | None:
-        buf = self._buf
+        buf = self.buffer
         if buf[:2] == b"\r\n":
             del buf[:2]
             self._go(Trigger.CHUNK_CRLF)
@@ -245,7 +245,7 @@ class BodyReader:
         return self._need("a chunked body")
 
     def _read_trailers(self) -> Event | Signal:
-        buf = self._buf
+        buf = self.buffer
         if buf[:2] == b"\r\n":
             del buf[:2]
             self._go(Trigger.END)
@@ -273,7 +273,7 @@ class BodyReader:
     def _bulk_length(self, out: bytearray, chunked: bool, limit: int) -> bool | None:
         remaining = self._remaining
         if remaining:
-            buf = self._buf
+            buf = self.buffer
             n = min(remaining, len(buf), limit - len(out))
             if n <= 0:
                 if not buf:
@@ -287,15 +287,15 @@ class BodyReader:
             remaining = self._remaining = remaining - n
             if remaining:  # the buffer ran dry or out is full
                 return False
-        self._go(Trigger.END)
+        self.state = TRANSITIONS[State.BODY, Trigger.END]  # _go, inlined (we are in BODY)
         return True
 
     def _bulk_until_close(self, out: bytearray, chunked: bool, limit: int) -> bool | None:
-        if self._buf:
+        if self.buffer:
             room = limit - len(out)
             if room <= 0:
                 return False
-            self._move(out, min(len(self._buf), room))
+            self._move(out, min(len(self.buffer), room))
             return None
         if not self._eof:
             return False
@@ -305,18 +305,18 @@ class BodyReader:
     def _bulk_chunk_line(self, out: bytearray, chunked: bool, limit: int) -> bool | None:
         if len(out) >= limit or self._read_chunk_line() is not None:
             return False
-        if chunked and self._state is State.CHUNK_DATA:
+        if chunked and self.state is State.CHUNK_DATA:
             out += b"%x%s\r\n" % (self._chunk_size, self._chunk_ext)
         return None
 
     def _bulk_chunk_data(self, out: bytearray, chunked: bool, limit: int) -> bool | None:
-        if not self._buf:
+        if not self.buffer:
             self._need("a chunk")
             return False
         room = limit - len(out)
         if room <= 0:
             return False
-        n = min(self._remaining, len(self._buf), room)
+        n = min(self._remaining, len(self.buffer), room)
         self._move(out, n)
         if self._advance_chunk(n) and chunked:
             out += b"\r\n"
@@ -341,7 +341,7 @@ class BodyReader:
         return True
 
     def _bulk_misuse(self, out: bytearray, chunked: bool, limit: int) -> bool | None:
-        raise ParserUsageError(f"read_body() in state {self._state.value}")
+        raise ParserUsageError(f"read_body() in state {self.state.value}")
 
 
 _BULK: dict[State, Callable[[BodyReader, bytearray, bool, int], bool | None]] = {

@@ -43,6 +43,7 @@ from fastproxy.http.fields import (
     fields_of,
     special_of,
 )
+from fastproxy.http.framing import value_tokens
 
 __all__ = ["NEED_DATA", "PAUSED", "SPECIAL_NAMES", "ConnectionClosed", "Data", "EndOfMessage",
            "Event", "Field", "Headers", "InformationalResponse", "Request", "Response",
@@ -60,13 +61,25 @@ NEED_DATA = Signal.NEED_DATA
 PAUSED = Signal.PAUSED
 
 
+def _connection_options(special: Special) -> frozenset[bytes]:
+    options = _NO_OPTIONS
+    for name, value, _, _ in special:
+        if name == b"connection":
+            options = options | value_tokens(value)
+    return options
+
+
+_NO_OPTIONS: frozenset[bytes] = frozenset()
+
+
 class _Head:
     """Field storage and look-ups shared by the three heads (names given in lowercase)."""
 
-    __slots__ = ("block", "special", "_headers")
+    __slots__ = ("block", "special", "options", "_headers")
     _PUBLIC: ClassVar[tuple[str, ...]] = ()
     block: bytes
     special: Special
+    options: frozenset[bytes]  # the lowercase Connection options (RFC 9110 §7.6.1)
     _headers: Headers | None
 
     def _set_fields(self, headers: Iterable[Field], block: bytes | None,
@@ -75,6 +88,7 @@ class _Head:
             self.block = block
             self.special = special
             self._headers = None
+            self.options = _connection_options(special)
             return
         if block is None:
             fields = tuple(headers)
@@ -83,7 +97,8 @@ class _Head:
         else:
             self._headers = tuple(headers) or None
         self.block = block
-        self.special = special_of(b"\n" + block, 1) if special is None else special
+        self.special = special = special_of(b"\n" + block, 1) if special is None else special
+        self.options = _connection_options(special)
 
     @property
     def headers(self) -> Headers:

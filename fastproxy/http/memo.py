@@ -16,7 +16,7 @@ never kept, so no secret outlives its request in the proxy's memory.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 ENTRIES = 512
@@ -27,13 +27,11 @@ _SECRET = frozenset((b"authorization", b"cookie"))
 class HeadMemo:
     """``get(key)`` -> the remembered parse or None; ``put(key, parsed, special)``."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "get")
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, Any] = {}
-
-    def get(self, key: Hashable) -> Any:
-        return self._entries.get(key)
+        self.get: Callable[[Hashable], Any] = self._entries.get  # a C call, once per head
 
     def put(self, key: Hashable, head: bytes, parsed: Any,
             special: tuple[tuple[bytes, bytes, int, int], ...]) -> None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from fastproxy.errors import ProtocolError
 from fastproxy.http.events import InformationalResponse, Request, Response
 from fastproxy.http.fields import SPECIAL_NAMES, SPECIAL_PREFIX, Special, all_lines, is_special
-from fastproxy.http.framing import BodyKind, value_tokens
+from fastproxy.http.framing import BodyKind
 from fastproxy.http.headers import ADDRESS, HOP_BY_HOP
 
 Head = Request | Response | InformationalResponse
@@ -58,7 +58,7 @@ def edit_head(start_line: bytes, head: Head, *, drop: frozenset[bytes] = _NOTHIN
     """
     block = head.block
     lines = head.special
-    options = _options(lines)
+    options = head.options
     if not (options <= SPECIAL_NAMES and drop <= SPECIAL_NAMES) or (
             drop_prefix and not drop_prefix.startswith(SPECIAL_PREFIX)):
         lines = _lines_for(block, lines, options, drop, drop_prefix)
@@ -99,24 +99,15 @@ def _lines_for(block: bytes, special: Special, options: frozenset[bytes],
     return special
 
 
-def _options(special: Special) -> frozenset[bytes]:
-    """The lowercase Connection options of a head (RFC 9110 §7.6.1)."""
-    options = _NOTHING
-    for name, value, _, _ in special:
-        if name == b"connection":
-            options = options | value_tokens(value)
-    return options
-
-
 def connection_options(head: Head) -> set[bytes]:
     """The lowercase options listed in every Connection field of ``head``."""
-    return set(_options(head.special))
+    return set(head.options)
 
 
 def upgrade_protocols(head: Head) -> list[bytes]:
     """The protocols of an ``Upgrade`` the client really asked for (``Connection:
     upgrade`` present), lowercase, without ``h2c`` (we stay on HTTP/1.1)."""
-    if b"upgrade" not in _options(head.special):
+    if b"upgrade" not in head.options:
         return []
     protocols = [p.strip(b" \t").lower() for name, value, _, _ in head.special
                  if name == b"upgrade" for p in value.split(b",")]
@@ -142,7 +133,7 @@ def forwarded_for(head: Request, client: bytes) -> bytes:
     if not ADDRESS.fullmatch(client):
         raise ValueError(f"not an IP address: {client!r}")
     chain = [value for name, value, _, _ in head.special if name == b"x-forwarded-for"]
-    if chain and b"x-forwarded-for" in _options(head.special):
+    if chain and b"x-forwarded-for" in head.options:
         chain = []
     chain.append(client)
     return b"X-Forwarded-For: " + b", ".join(chain) + b"\r\n"

@@ -93,18 +93,14 @@ class _Parser(BodyReader):
 
     # -- caller-facing ---------------------------------------------------------------
     @property
-    def state(self) -> State:
-        return self._state
-
-    @property
     def trailing_data(self) -> tuple[bytes, bool]:
         """Bytes received but not parsed, and whether the peer has closed."""
-        return bytes(self._buf), self._eof
+        return bytes(self.buffer), self._eof
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet parsed (what the caller should bound)."""
-        return len(self._buf)
+        return len(self.buffer)
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer; ``b""`` records its EOF."""
@@ -113,7 +109,7 @@ class _Parser(BodyReader):
         elif self._eof:
             raise ParserUsageError("receive_data() after EOF")
         else:
-            self._buf += data
+            self.buffer += data
 
     def next_event(self) -> Event | Signal:
         """The next event, NEED_DATA or PAUSED. Raises ProtocolError (rule 3)."""
@@ -121,7 +117,7 @@ class _Parser(BodyReader):
             raise self._error
         try:
             while True:
-                result = _READERS[self._state](self)
+                result = _READERS[self.state](self)
                 if result is not None:
                     return result
         except ProtocolError as exc:
@@ -129,7 +125,10 @@ class _Parser(BodyReader):
 
     def start_next(self) -> None:
         """Leave DONE and parse the next message on the connection (rule 1)."""
-        self._go(Trigger.START_NEXT)
+        try:  # _go inlined on the hot path; it raises the error of a misuse
+            self.state = TRANSITIONS[self.state, Trigger.START_NEXT]
+        except KeyError:
+            self._go(Trigger.START_NEXT)
         self.body_kind = BodyKind.NONE
         self.content_length = None
         self._leading = self._scan = self._checked = 0
@@ -143,11 +142,15 @@ class _Parser(BodyReader):
         self.content_length = length if kind is BodyKind.LENGTH else None
         self._remaining = length
         self._chunked_total = 0
-        self._go(HEAD_TRIGGERS[kind])
+        trigger = HEAD_TRIGGERS[kind]
+        try:  # _go inlined on the hot path
+            self.state = TRANSITIONS[self.state, trigger]
+        except KeyError:
+            self._go(trigger)
 
     # -- the head reader (rule 2); the body readers are in body.py -------------------
     def _read_head(self) -> Event | Signal | None:
-        buf = self._buf
+        buf = self.buffer
         if self._role == "request" and buf and buf[0] in _CR_LF and self._skip_empty_lines():
             return self._need("a request head") if buf else self._read_eof()
         end = buf.find(b"\r\n\r\n", self._scan)
@@ -166,7 +169,7 @@ class _Parser(BodyReader):
     def _skip_empty_lines(self) -> bool:
         """Drop CRLFs before a request line (RFC 9112 §2.2); True if the buffer
         holds nothing more to parse yet."""
-        buf = self._buf
+        buf = self.buffer
         while buf[:2] == b"\r\n":
             self._leading += 1
             if self._leading > self.limits.max_leading_crlf:
@@ -210,7 +213,8 @@ class RequestParser(_Parser):
 
     Methods for the caller: ``receive_data``, ``next_event``, ``read_body``,
     ``start_next``, ``body_consumed``; attributes ``state``, ``body_kind``,
-    ``content_length``, ``body_remaining``, ``buffered``, ``trailing_data``.
+    ``content_length``, ``body_remaining``, ``buffered``, ``trailing_data``
+    and ``buffer`` (the bytes not yet parsed: read it, never change it).
     Raises ProtocolError with the status to answer (400, 413, 414, 431, 501,
     505), ParserUsageError (500) on misuse.
     """

@@ -32,7 +32,6 @@ Rules (reuse and retries: ``connector``; endings: ``lifecycle``):
 
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 from collections.abc import Callable
@@ -43,9 +42,10 @@ from fastproxy.http import BodyKind, ConnectionClosed, InformationalResponse, Re
 from fastproxy.http import State as ParserState
 from fastproxy.http.rewrite import edit_head, upgrade_protocols
 from fastproxy.modes.connector import Connector
-from fastproxy.modes.exchange import Action, Answer, Exchange
+from fastproxy.modes.exchange import TERMINAL, TRANSITIONS, Action, Answer, Exchange
 from fastproxy.modes.exchange import Event as E
 from fastproxy.modes.exchange import State as X
+from fastproxy.modes.lifecycle import Conn
 from fastproxy.modes.transport import MAX_BUFFER, READ_SIZE, PlainTransport
 from fastproxy.modes.upstream_conn import UpstreamConnection
 from fastproxy.reactor import EVENT_READ, EVENT_WRITE
@@ -60,17 +60,6 @@ log = logging.getLogger("fastproxy")
 _RESPONSE_CLASS = {1: C.responses_1xx, 2: C.responses_2xx, 3: C.responses_3xx,
                    4: C.responses_4xx, 5: C.responses_5xx}
 _DONE = ParserState.DONE
-
-
-class Conn(enum.Enum):
-    """The client connection's own lifecycle (exchanges have theirs)."""
-
-    __hash__ = object.__hash__
-
-    OPEN = "open"            # reading requests, running exchanges
-    CLOSING = "closing"      # writing a last answer, then close
-    TUNNEL = "tunnel"        # a Relay owns both sockets
-    CLOSED = "closed"        # closed, or lingering (the transport owns the fd)
 
 
 class ClientConnection:
@@ -154,7 +143,7 @@ class ClientConnection:
         data = self.transport.recv(READ_SIZE)
         if data:
             self.c[C.bytes_in] += len(data)
-            if self.ex is None and not self.parser.buffered:
+            if self.ex is None and not self.parser.buffer:
                 self.head_started = self.last_client
         else:  # after a complete request the answer still goes out (half-close)
             self.eof = True
@@ -172,8 +161,17 @@ class ClientConnection:
     def _upstream_event(self, mask: int) -> None:
         ex = self.ex
         up = self.up
-        if ex is not None and up is not None and not ex.finished and ex.state is not X.CONNECTING:
-            self.connector.on_event(self, ex, up, mask)
+        if ex is None or up is None or ex.state in TERMINAL or ex.state is X.CONNECTING:
+            return
+        connector = self.connector
+        if mask & EVENT_WRITE:
+            connector.flush(self, ex, up)
+        if mask & EVENT_READ and self.up is up:
+            self.last_upstream = self.reactor.now
+            if connector.resp_splice is not None:
+                connector.step_response_splice(self, ex)
+            else:
+                connector.read(self, ex, up)
 
     def resume(self, ex: Exchange) -> None:
         """A request filter that returned PENDING is done: run the filters again."""
@@ -188,56 +186,64 @@ class ClientConnection:
     # -- driving -------------------------------------------------------------------------
     def _drive(self) -> None:
         """Parse and act as far as the buffered bytes go, then write once per side."""
+        parser = self.parser
         while self.state is Conn.OPEN:
             ex = self.ex
             if ex is None:
-                event = self.parser.next_event()
+                if not parser.buffer and not self.eof:
+                    break
+                event = parser.next_event()
                 if type(event) is Request:
                     self._begin(event)
                     continue
                 if type(event) is ConnectionClosed:
                     self.mode.lifecycle.close_when_flushed(self)
                 break
+            # Only bytes at hand (or an EOF) can make progress: a pump's
+            # other work is done by the action that precedes it.
             progress = False
             state = ex.state
-            if state is X.SENDING:
+            if state is X.SENDING and parser.state is not _DONE and (parser.buffer or self.eof):
                 progress = self._pump_request(ex)
                 state = ex.state
-            if self.ex is ex and (state is X.AWAITING or state is X.RELAYING
-                                  or state is X.SENDING):
+            up = self.up
+            if (self.ex is ex and up is not None and (up.parser.buffer or up.eof)
+                    and (state is X.AWAITING or state is X.RELAYING or state is X.SENDING)):
                 progress = self._pump_response(ex) or progress
             if self.ex is not ex:
                 continue  # the exchange ended: a pipelined request may be waiting
             if not progress:
                 break
-        if self._flush() and self.state is Conn.OPEN:
-            self._drive()  # a full buffer got room: go on
-
-    def _flush(self) -> bool:
-        """Write what accumulated for either side; True when a full buffer got room."""
+        # Write what accumulated, one send per side; go on if a full buffer got room.
         up = self.up
         full = len(self.out) >= MAX_BUFFER or (up is not None and len(up.out) >= MAX_BUFFER)
         if self.out:
             self._flush_client()
         ex = self.ex
-        if ex is not None and up is not None and up.out and self.up is up and not ex.finished:
+        if (ex is not None and up is not None and up.out and self.up is up
+                and ex.state not in TERMINAL):
             self.connector.flush(self, ex, up)
-        if not full:
-            return False
-        up = self.up
-        return len(self.out) < MAX_BUFFER and (up is None or len(up.out) < MAX_BUFFER)
+        if full and self.state is Conn.OPEN:
+            up = self.up
+            if len(self.out) < MAX_BUFFER and (up is None or len(up.out) < MAX_BUFFER):
+                self._drive()
 
     def _begin(self, request: Request) -> None:
         self.c[C.requests] += 1
         parser = self.parser
         ex = Exchange(request, parser.body_kind, parser.content_length, self.reactor.now,
-                      bool(upgrade_protocols(request)))
+                      b"upgrade" in request.options and bool(upgrade_protocols(request)),
+                      self.mode.phases.for_method(request.method))
         self.ex = ex
         self.act(ex, E.HEAD_PARSED)
 
     def act(self, ex: Exchange, event: E) -> None:
         """Step the exchange and carry out the action its table names."""
-        _ACTIONS[ex.step(event)](self, ex)
+        try:  # ex.step, inlined on the hot path; it raises IllegalTransition
+            ex.state, action = TRANSITIONS[ex.state, event]
+        except KeyError:
+            action = ex.step(event)
+        _ACTIONS[action](self, ex)
 
     def _pump_request(self, ex: Exchange) -> bool:
         """Body bytes at hand go behind the head in the upstream buffer; True on progress."""
@@ -260,20 +266,23 @@ class ClientConnection:
             return False
         rp = up.parser
         if ex.response is None:
-            if not rp.buffered and not up.eof:
+            if not rp.buffer and not up.eof:
                 return False
             event = rp.next_event()
             kind = type(event)
             if kind is Response:
                 ex.response = event  # type: ignore[assignment]
                 self.act(ex, E.RESPONSE_HEAD)
-                return True
-            if kind is InformationalResponse:
+                if self.ex is not ex or ex.state is not X.RELAYING:
+                    return True
+                # the body at hand (or none at all: 304, HEAD) goes with the head
+            elif kind is InformationalResponse:
                 info: InformationalResponse = event  # type: ignore[assignment]
                 self.out += edit_head(b"HTTP/1.1 %d %s\r\n" % (info.status, info.reason), info)
                 self.c[C.responses_1xx] += 1
                 return True
-            return False
+            else:
+                return False
         out = self.out
         if self.connector.resp_splice is not None or len(out) >= MAX_BUFFER:
             return False
@@ -301,12 +310,6 @@ class ClientConnection:
     def _retry(self, ex: Exchange) -> None:
         self.connector.retry(self, ex)
 
-    def on_dialed(self, sock: socket.socket, server: int, mask: int, reused: bool) -> None:
-        if self.busy:
-            self.use_connection((sock, server, mask, reused))
-        else:
-            self.run(self.use_connection, (sock, server, mask, reused))
-
     def use_connection(self, arg: tuple[socket.socket, int, int, bool]) -> None:
         sock, server, mask, reused = arg
         ex = self.ex
@@ -321,7 +324,7 @@ class ClientConnection:
         up.parser.expect(ex.request.method, upgrade=ex.upgrade)
         ex.server = server
         ex.upstream_started = self.last_upstream = self.reactor.now
-        for connected in self.mode.connected_hooks:
+        for connected in ex.hooks.connected:
             greeting = connected(self, ex)
             if greeting is not None:  # the step answers the client and tunnels
                 self.out += greeting
@@ -329,15 +332,9 @@ class ClientConnection:
                 return
         self.act(ex, E.CONNECTED)
 
-    def on_dial_failed(self, timed_out: bool) -> None:
-        if self.busy:
-            self._dial_failed(timed_out)
-        else:
-            self.run(self._dial_failed, timed_out)
-
-    def _dial_failed(self, timed_out: bool) -> None:
+    def dial_failed(self, timed_out: bool) -> None:
         ex = self.ex
-        if ex is not None and not ex.finished:
+        if ex is not None and ex.state not in TERMINAL:
             self.answer(ex, self.mode.error(502, "no upstream server could be reached"))
 
     def _send_request(self, ex: Exchange) -> None:
@@ -351,7 +348,9 @@ class ClientConnection:
         up = self.up
         assert response is not None and up is not None
         ex.upstream_time = self.reactor.now - ex.upstream_started
-        self.count_status(response.status)
+        counter = _RESPONSE_CLASS.get(response.status // 100)
+        if counter is not None:
+            self.c[counter] += 1
         rp = up.parser
         kind = rp.body_kind
         if kind is BodyKind.TUNNEL:  # 101 to an Upgrade, or a parent's 2xx to CONNECT
@@ -362,13 +361,14 @@ class ClientConnection:
     def _finish(self, ex: Exchange) -> None:
         now = self.reactor.now
         self.ctx.slot.observe(H.request_seconds, now - ex.started)
-        self.mode.ended(self, ex)
+        for log_step in ex.hooks.logging:
+            log_step(self, ex)
         up = self.up
         assert up is not None and ex.response is not None
         request_done = self.parser.state is _DONE
         self.served += 1
         self.ex = None
-        self.connector.done()
+        self.connector.dialer = None  # the walk is over
         if ex.response.keep_alive and request_done and up.reusable():
             up.release()
             if not ex.keep_alive or self.eof:
@@ -453,7 +453,7 @@ class ClientConnection:
             elif self.connector.splice is not None:
                 if not self.connector.splice.pending:
                     mask |= EVENT_READ
-            elif self.parser.buffered < MAX_BUFFER and (up is None or len(up.out) < MAX_BUFFER):
+            elif len(self.parser.buffer) < MAX_BUFFER and (up is None or len(up.out) < MAX_BUFFER):
                 mask |= EVENT_READ  # body bytes, or the client leaving
         if mask != self.mask:
             self.reactor.set_interest(self.transport.fd, self.mask, mask, self._on_client)

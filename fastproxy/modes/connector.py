@@ -19,13 +19,14 @@ holds the ``Dialer`` of the exchange in progress. Rules:
 from __future__ import annotations
 
 import socket
+from functools import partial
 from typing import TYPE_CHECKING
 
 from fastproxy.http import BodyKind
 from fastproxy.http import State as ParserState
 from fastproxy.modes.dialer import Dialer
+from fastproxy.modes.exchange import TERMINAL, Exchange
 from fastproxy.modes.exchange import Event as E
-from fastproxy.modes.exchange import Exchange
 from fastproxy.modes.exchange import State as X
 from fastproxy.modes.splice import BodySplice, worth_splicing
 from fastproxy.modes.transport import MAX_BUFFER, READ_SIZE
@@ -68,9 +69,24 @@ class Connector:
             return idle.take((name, server))
 
         self.dialer = Dialer(conn.reactor, conn.ctx.slot, peer, ex.candidates,
-                             conn.on_dialed, conn.on_dial_failed,
+                             partial(self._dialed, conn), partial(self._dial_failed, conn),
                              None if tunnel else take_pooled, peer.bind)
         self.dialer.next()
+
+    @staticmethod
+    def _dialed(conn: ClientConnection, sock: socket.socket, server: int, mask: int,
+                reused: bool) -> None:
+        if conn.busy:  # called back from within the connection's own entry point
+            conn.use_connection((sock, server, mask, reused))
+        else:
+            conn.run(conn.use_connection, (sock, server, mask, reused))
+
+    @staticmethod
+    def _dial_failed(conn: ClientConnection, timed_out: bool) -> None:
+        if conn.busy:
+            conn.dial_failed(timed_out)
+        else:
+            conn.run(conn.dial_failed, timed_out)
 
     def lost(self, conn: ClientConnection, ex: Exchange, detail: str) -> None:
         """The connection failed while forwarding: retry (rule 2) or fail (rule 3)."""
@@ -101,8 +117,8 @@ class Connector:
         dialer = self.dialer
         if dialer is None:  # it was the attached connection: the walk starts at its server
             dialer = self.dialer = Dialer(conn.reactor, conn.ctx.slot, ex.peer, ex.candidates,
-                                          conn.on_dialed, conn.on_dial_failed, None,
-                                          ex.peer.bind)
+                                          partial(self._dialed, conn),
+                                          partial(self._dial_failed, conn), None, ex.peer.bind)
             dialer.attempts = 1
             dialer.server = up.server
         dialer.again(same_server)
@@ -110,10 +126,6 @@ class Connector:
     def check_timeout(self, now: float, timeout: float) -> None:
         if self.dialer is not None:
             self.dialer.check_timeout(now, timeout)
-
-    def done(self) -> None:
-        """The exchange has its connection for good (or ended): forget the walk."""
-        self.dialer = None
 
     def cancel(self) -> None:
         if self.dialer is not None:
@@ -125,17 +137,6 @@ class Connector:
         self.splice = self.resp_splice = None
 
     # -- the upstream connection's I/O ----------------------------------------------------
-    def on_event(self, conn: ClientConnection, ex: Exchange, up: UpstreamConnection,
-                 mask: int) -> None:
-        if mask & EVENT_WRITE:
-            self.flush(conn, ex, up)
-        if mask & EVENT_READ and conn.up is up:
-            conn.last_upstream = conn.reactor.now
-            if self.resp_splice is not None:
-                self.step_response_splice(conn, ex)
-            else:
-                self.read(conn, ex, up)
-
     def read(self, conn: ClientConnection, ex: Exchange, up: UpstreamConnection) -> None:
         """What the server sent goes to the response parser (rule 3 on failure)."""
         try:
@@ -219,7 +220,7 @@ class Connector:
         """The upstream fd's selector interest (attached: watched for the server closing)."""
         if up.fd < 0:
             return
-        if ex is None or ex.finished:
+        if ex is None or ex.state in TERMINAL:
             want = EVENT_READ
         else:
             splice = self.splice

@@ -131,20 +131,22 @@ class Answer:
 class Exchange:
     """One request and its response; see the module docstring.
 
-    Fields the phases fill in: ``peer`` (where it goes, chosen by
+    ``hooks`` are the phase steps' hooks for the request's method
+    (``phases.MethodHooks``). Fields the phases fill in: ``peer`` (where it goes, chosen by
     ``upstream_peer``), ``answer`` (a local answer), ``note`` (one free slot
     for a mode's own per-exchange datum, e.g. the forward proxy's destination).
     """
 
-    __slots__ = ("state", "request", "body_kind", "content_length", "upgrade", "peer",
+    __slots__ = ("state", "request", "hooks", "body_kind", "content_length", "upgrade", "peer",
                  "candidates", "server",
                  "response", "chunked_out", "keep_alive", "answer", "started",
                  "upstream_started", "upstream_time", "sent", "cursor", "note")
 
     def __init__(self, request: Request, body_kind: BodyKind, content_length: int | None,
-                 now: float, upgrade: bool = False) -> None:
+                 now: float, upgrade: bool = False, hooks: Any = None) -> None:
         self.state = State.READING
         self.request = request
+        self.hooks = hooks
         self.body_kind = body_kind
         self.content_length = content_length
         self.upgrade = upgrade       # the client asked to switch protocols (WebSocket)
@@ -172,6 +174,7 @@ class Exchange:
 
     @property
     def finished(self) -> bool:
+        """(The engine reads ``state in TERMINAL`` itself: no call on its hot path.)"""
         return self.state in TERMINAL
 
     @property

@@ -280,6 +280,8 @@ class DestinationStep(Step):
 class Tunnel(Step):
     """A CONNECT straight to its destination: 200, then relay (module docstring, 3)."""
 
+    methods = frozenset((b"CONNECT",))
+
     def connected(self, conn: ClientConnection, ex: Exchange) -> bytes | None:
         target: Target = ex.note
         if target.tunnel and not target.via_parent:

@@ -2,8 +2,9 @@
 
 ``HttpMode`` is what the worker's acceptor hands connections to. It holds the
 listener's limits and timeouts and the mode's steps (``phases.Step``), sorted
-once into one list per phase hook, and builds the two heads every exchange
-forwards (``request_head``, ``response_head``) by one ``edit_head`` each:
+once into hook lists per request method (``phases.Phases``), and builds the
+two heads every exchange forwards (``request_head``, ``response_head``) by
+one ``edit_head`` each:
 hop-by-hop fields out, the steps' fields in, framing rebuilt (RFC 9110 §7.6.1,
 RFC 9112 §6). The reverse and forward modes differ only in their steps
 (``reverse.py``, ``forward.py``); the access log is the last step of every
@@ -24,7 +25,7 @@ from fastproxy.modes.client import ClientConnection
 from fastproxy.modes.exchange import Answer, Event, Exchange
 from fastproxy.modes.httpcommon import access_line, error_response, parser_limits
 from fastproxy.modes.lifecycle import Lifecycle
-from fastproxy.modes.phases import PENDING, HeadEdit, Step, overriding
+from fastproxy.modes.phases import PENDING, HeadEdit, Phases, Step
 from fastproxy.stats.shm import C
 
 if TYPE_CHECKING:
@@ -72,12 +73,7 @@ class HttpMode:
         self._response_heads: dict[tuple[int, bool, bytes], tuple[Response, bytes]] = {}
         if ctx.access.enabled:
             steps = [*steps, AccessLogStep(ctx.access)]
-        self.request_filters = overriding(steps, "request_filter")
-        self.peer_steps = overriding(steps, "upstream_peer")
-        self.connected_hooks = overriding(steps, "connected")
-        self.upstream_filters = overriding(steps, "upstream_request_filter")
-        self.response_filters = overriding(steps, "response_filter")
-        self.loggers = overriding(steps, "logging")
+        self.phases = Phases(steps)
         drop = frozenset((b"content-length",)).union(*(s.upstream_drop for s in steps))
         self.upstream_drop = drop
         self.upstream_drop_absolute = drop | {b"host"}  # the target's authority wins
@@ -98,7 +94,7 @@ class HttpMode:
     # -- the phases before the upstream ----------------------------------------------------
     def filter_request(self, conn: ClientConnection, ex: Exchange) -> None:
         """Run the request filters from ``ex.cursor`` (again, after one was PENDING)."""
-        filters = self.request_filters
+        filters = ex.hooks.request_filter
         while ex.cursor < len(filters):
             verdict = filters[ex.cursor](conn, ex)
             if verdict is None:
@@ -113,7 +109,7 @@ class HttpMode:
 
     def choose_peer(self, conn: ClientConnection, ex: Exchange) -> None:
         """The first upstream_peer step that answers decides."""
-        for choose in self.peer_steps:
+        for choose in ex.hooks.upstream_peer:
             found = choose(conn, ex)
             if found is PENDING:
                 ex.step(Event.PENDING)
@@ -147,7 +143,7 @@ class HttpMode:
         else:
             edit.reset(request.method + b" " + request.path + b" HTTP/1.1\r\n",
                        self.upstream_drop, self.drop_prefix, ex.upgrade)
-        for add in self.upstream_filters:
+        for add in ex.hooks.upstream_request_filter:
             add(conn, ex, edit)
         if edit.whole is not None:
             return edit.whole
@@ -167,7 +163,7 @@ class HttpMode:
         keep = request.keep_alive and kind is not BodyKind.CLOSE
         ex.keep_alive = keep
         ex.chunked_out = kind is BodyKind.CHUNKED
-        if self.response_filters:  # steps may add per-exchange lines: build it every time
+        if ex.hooks.response_filter:  # steps may add per-exchange lines: build it every time
             return self._response_head(conn, ex, kind, length, keep)
         # Without response steps the head depends only on the response and on
         # two facts of the request; a remembered response (``http.memo``) is
@@ -190,7 +186,7 @@ class HttpMode:
         edit.reset(b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason),
                    self.response_drop if kind is BodyKind.NONE else self.response_drop_framed,
                    b"", False)
-        for add in self.response_filters:
+        for add in ex.hooks.response_filter:
             add(conn, ex, edit)
         append = edit.append
         if kind is not BodyKind.NONE:
@@ -215,5 +211,5 @@ class HttpMode:
                                              extra=extra))
 
     def ended(self, conn: ClientConnection, ex: Exchange) -> None:
-        for logging in self.loggers:
+        for logging in ex.hooks.logging:
             logging(conn, ex)

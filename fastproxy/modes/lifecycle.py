@@ -22,11 +22,13 @@ up or something failed:
 
 from __future__ import annotations
 
+import enum
+from typing import TYPE_CHECKING
+
 from fastproxy.config import Timeouts
 from fastproxy.errors import ProtocolError, Side
 from fastproxy.http import BodyKind, Request
 from fastproxy.http import State as ParserState
-from fastproxy.modes.client import ClientConnection, Conn
 from fastproxy.modes.exchange import Exchange
 from fastproxy.modes.exchange import State as X
 from fastproxy.modes.transport import linger_close
@@ -34,8 +36,22 @@ from fastproxy.modes.upstream_conn import PARK_SECONDS
 from fastproxy.relay import Relay
 from fastproxy.stats.shm import C
 
+if TYPE_CHECKING:
+    from fastproxy.modes.client import ClientConnection
+
 _QUIET_STATES = frozenset((ParserState.IDLE, ParserState.DONE, ParserState.CLOSED))
 _NO_REQUEST = Request(b"-", b"-")  # what the log shows for a head that never parsed
+
+
+class Conn(enum.Enum):
+    """The client connection's own lifecycle (exchanges have theirs)."""
+
+    __hash__ = object.__hash__
+
+    OPEN = "open"            # reading requests, running exchanges
+    CLOSING = "closing"      # writing a last answer, then close
+    TUNNEL = "tunnel"        # a Relay owns both sockets
+    CLOSED = "closed"        # closed, or lingering (the transport owns the fd)
 
 
 class Lifecycle:
@@ -105,7 +121,8 @@ class Lifecycle:
     def refuse(self, conn: ClientConnection, status: int, detail: str) -> None:
         """Answer a head that never became a request, then close."""
         conn.ex = None
-        ex = Exchange(_NO_REQUEST, BodyKind.NONE, None, conn.head_started)
+        ex = Exchange(_NO_REQUEST, BodyKind.NONE, None, conn.head_started,
+                      hooks=conn.mode.phases.for_method(_NO_REQUEST.method))
         ex.answer = answer = conn.mode.error(status, detail)
         conn.out += answer.data
         conn.count_status(status)

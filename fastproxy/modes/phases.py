@@ -88,8 +88,12 @@ class Step:
     ``upstream_drop`` / ``response_drop``: field names (lowercase) this step
     removes from every forwarded request / response; ``upstream_drop_prefix``
     likewise for a name prefix. They are collected once per mode.
+
+    ``methods``: the request methods whose exchanges the step's hooks see
+    (None: every method); a GET then pays nothing for a step about CONNECT.
     """
 
+    methods: frozenset[bytes] | None = None
     upstream_drop: frozenset[bytes] = frozenset()
     upstream_drop_prefix: bytes = b""
     response_drop: frozenset[bytes] = frozenset()
@@ -116,7 +120,34 @@ class Step:
         return None
 
 
-def overriding(steps: list[Step], hook: str) -> list[Any]:
-    """The bound ``hook`` methods of the steps that define it (the engine calls only those)."""
-    default = getattr(Step, hook)
-    return [getattr(step, hook) for step in steps if getattr(type(step), hook) is not default]
+HOOKS = ("request_filter", "upstream_peer", "connected", "upstream_request_filter",
+         "response_filter", "logging")
+
+
+class MethodHooks:
+    """The bound hook methods an exchange of one request method runs, one
+    list per hook, in step order (only steps that define the hook)."""
+
+    __slots__ = HOOKS
+
+    def __init__(self, steps: list[Step], method: bytes | None) -> None:
+        for hook in HOOKS:
+            default = getattr(Step, hook)
+            setattr(self, hook, [getattr(step, hook) for step in steps
+                                 if getattr(type(step), hook) is not default
+                                 and (step.methods is None or method in step.methods)])
+
+
+class Phases:
+    """A mode's steps sorted once per request method: ``for_method(m)`` is
+    the ``MethodHooks`` of ``m`` (methods no step names share one)."""
+
+    __slots__ = ("_by_method", "_others")
+
+    def __init__(self, steps: list[Step]) -> None:
+        self._others = MethodHooks(steps, None)
+        named = frozenset[bytes]().union(*(s.methods for s in steps if s.methods is not None))
+        self._by_method = {method: MethodHooks(steps, method) for method in named}
+
+    def for_method(self, method: bytes) -> MethodHooks:
+        return self._by_method.get(method, self._others)

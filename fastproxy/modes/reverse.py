@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from fastproxy.config import Listener
 from fastproxy.errors import ProtocolError
+from fastproxy.http import Request
 from fastproxy.http.rewrite import forwarded_for, max_forwards
 from fastproxy.modes.exchange import Answer, Exchange
 from fastproxy.modes.httpcommon import CompiledRoute, host_of, max_forwards_answer
@@ -32,27 +33,31 @@ if TYPE_CHECKING:
     from fastproxy.modes.client import ClientConnection
 
 _TRACE_OR_OPTIONS = (b"OPTIONS", b"TRACE")
+FORWARDING_LINES = 1024
 
 
 class MaxForwards(Step):
     """OPTIONS/TRACE: answered at ``Max-Forwards: 0``, else decremented (RFC 9110 §7.6.2)."""
 
+    methods = frozenset(_TRACE_OR_OPTIONS)
+
     def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | None:
         request = ex.request
-        if request.method in _TRACE_OR_OPTIONS and max_forwards(request)[1]:
+        if max_forwards(request)[1]:
             return Answer(200, max_forwards_answer(request), close=False)
         return None
 
     def upstream_request_filter(self, conn: ClientConnection, ex: Exchange,
                                 edit: HeadEdit) -> None:
-        if ex.request.method in _TRACE_OR_OPTIONS:
-            line = max_forwards(ex.request)[0]
-            if line is not None:
-                edit.drop = edit.drop | {b"max-forwards"}
-                edit.append.append(line)
+        line = max_forwards(ex.request)[0]
+        if line is not None:
+            edit.drop = edit.drop | {b"max-forwards"}
+            edit.append.append(line)
 
 
 class ReverseAdmission(Step):
+    methods = frozenset((b"CONNECT",))
+
     def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | None:
         if ex.request.method == b"CONNECT":
             raise ProtocolError("CONNECT is not served by a reverse proxy", status=501)
@@ -80,19 +85,37 @@ class Routing(Step):
 
 
 class ForwardingFields(Step):
-    """X-Forwarded-For/-Proto/-Host and Via on every forwarded request."""
+    """X-Forwarded-For/-Proto/-Host and Via on every forwarded request.
+
+    Without an X-Forwarded-For chain from the client the lines depend only on
+    the client's address, the authority and the version: they are built once
+    for each such triple (at most ``FORWARDING_LINES`` kept)."""
 
     upstream_drop = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[str, bytes, bytes], bytes] = {}
 
     def upstream_request_filter(self, conn: ClientConnection, ex: Exchange,
                                 edit: HeadEdit) -> None:
         request = ex.request
-        append = edit.append
-        append.append(forwarded_for(request, client_address(conn)))
-        append.append(b"X-Forwarded-Proto: http\r\n")
-        if request.authority:
-            append.append(b"X-Forwarded-Host: " + request.authority + b"\r\n")
-        append.append(via(request.version))
+        for name, _, _, _ in request.special:
+            if name == b"x-forwarded-for":  # a chain to extend: this request's own lines
+                edit.append.append(self.lines(conn, request))
+                return
+        key = (conn.client_ip, request.authority, request.version)
+        lines = self._lines.get(key)
+        if lines is None:
+            if len(self._lines) >= FORWARDING_LINES:
+                self._lines.clear()
+            lines = self._lines[key] = self.lines(conn, request)
+        edit.append.append(lines)
+
+    @staticmethod
+    def lines(conn: ClientConnection, request: Request) -> bytes:
+        host = b"X-Forwarded-Host: " + request.authority + b"\r\n" if request.authority else b""
+        return (forwarded_for(request, client_address(conn)) + b"X-Forwarded-Proto: http\r\n"
+                + host + via(request.version))
 
 
 def client_address(conn: ClientConnection) -> bytes:

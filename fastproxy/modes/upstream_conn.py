@@ -58,7 +58,7 @@ class UpstreamConnection:
 
     def reusable(self) -> bool:
         """Whether the connection may carry another exchange now."""
-        return (not self.out and not self.parser.buffered
+        return (not self.out and not self.parser.buffer
                 and self.parser.state is ParserState.DONE)
 
     def release(self) -> None:
