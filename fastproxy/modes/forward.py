@@ -108,10 +108,15 @@ class Admission(Step):
         self.auth = auth
         self.resolver = resolver
         self._checking: dict[bytes, list[tuple[ClientConnection, Exchange]]] = {}
+        self._clients: dict[str, bool] = {}  # the policy is fixed for a worker: cached
 
     def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | Pending | None:
         c = conn.c
-        if not self.policy.client_allowed(conn.client_ip):
+        allowed = self._clients.get(conn.client_ip)
+        if allowed is None:
+            allowed = self.policy.client_allowed(conn.client_ip)
+            _remember(self._clients, conn.client_ip, allowed)
+        if not allowed:
             return deny(conn, C.denied_client, "client not allowed")
         auth = self.auth
         if auth.required:
@@ -156,14 +161,15 @@ def deny(conn: ClientConnection, counter: int, reason: str) -> Answer:
     return conn.mode.error(403, reason)
 
 
+_AUTHORITIES: dict[tuple[bytes, int], tuple[str, int]] = {}
+
+
 def destination(ex: Exchange) -> Target:
     request = ex.request
     if request.method == b"CONNECT":
-        host, port = split_authority(request.authority, 443)
-        return Target(host, port, True)
+        return Target(*_split_cached(request.authority, 443), True)
     if request.form == "absolute" and request.scheme == b"http":
-        host, port = split_authority(request.authority, 80)
-        return Target(host, port, False)
+        return Target(*_split_cached(request.authority, 80), False)
     if request.form == "absolute":
         raise ProtocolError("only http:// targets are forwarded; use CONNECT", status=400)
     raise ProtocolError("not a proxy request (absolute-form or CONNECT expected)")
@@ -183,6 +189,8 @@ class DestinationStep(Step):
         self._literals: dict[tuple[str, int], list[tuple[int, Any]] | None] = {}
         self._verdicts: dict[tuple[str, str], str | None] = {}
         self._peers: dict[tuple[str, tuple[Any, ...], str | None], Destination] = {}
+        # (host, port, addresses, egress) -> the peer, or the refusal reason
+        self._decided: dict[tuple[Any, ...], Destination | str] = {}
 
     def upstream_peer(self, conn: ClientConnection, ex: Exchange) -> Any:
         target: Target = ex.note
@@ -220,6 +228,19 @@ class DestinationStep(Step):
 
     def allowed(self, conn: ClientConnection, target: Target,
                 addresses: list[tuple[int, Any]]) -> Destination | Answer:
+        bind = self.source_for(conn.client_ip)
+        key = (target.host, target.port, tuple(addresses), bind)
+        found = self._decided.get(key)
+        if found is None:
+            found = self._decide(target, addresses, bind)
+            _remember(self._decided, key, found)
+        if isinstance(found, str):
+            return deny(conn, C.denied_destination, found)
+        return found
+
+    def _decide(self, target: Target, addresses: list[tuple[int, Any]],
+                bind: str | None) -> Destination | str:
+        """The peer of the allowed addresses, or the refusal reason when none is."""
         allowed: list[tuple[int, Any]] = []
         refusal = "destination not allowed"
         for family, sockaddr in addresses:
@@ -229,8 +250,7 @@ class DestinationStep(Step):
             else:
                 refusal = reason
         if not allowed:
-            return deny(conn, C.denied_destination, refusal)
-        bind = self.source_for(conn.client_ip)
+            return refusal
         name = f"{target.host}:{target.port}"
         key = (name, tuple(allowed), bind)
         peer = self._peers.get(key)
@@ -351,6 +371,14 @@ class ForwardMode(HttpMode):
         if parents:
             steps.append(ParentHead(parents))
         super().__init__(ctx, listener, steps)
+
+
+def _split_cached(authority: bytes, default: int) -> tuple[str, int]:
+    found = _AUTHORITIES.get((authority, default))
+    if found is None:
+        found = split_authority(authority, default)
+        _remember(_AUTHORITIES, (authority, default), found)
+    return found
 
 
 def split_authority(authority: bytes, default: int) -> tuple[str, int]:
