@@ -422,6 +422,9 @@ class Listener:
     mode: str = _f(_str(_one_of(*MODES)), "tcp (L4), http (reverse proxy) or forward")
     upstream: str | None = _f(_str(), "default upstream: tcp and http modes only", None)
     proxy_protocol: bool = _f(_bool, "expect a PROXY protocol v1/v2 header first", False)
+    proxy_protocol_from: tuple[str, ...] = _f(
+        _list(_str(_cidr_check)), "CIDRs allowed to send a PROXY header (required with "
+        "proxy_protocol); connections from elsewhere are closed", ())
     timeouts: Timeouts = _f(_table(Timeouts), "inline table", factory=Timeouts)
     limits: Limits = _f(_table(Limits), "inline table", factory=Limits)
     routes: tuple[Route, ...] = _f(_list(_table(Route)), "[[listener.route]], http mode", (),
@@ -553,6 +556,9 @@ def _check_listener(lst: Listener, key: str, known: set[str] | None,
         if lst.upstream is None:
             bad(f"{key}.upstream", f"required in {lst.mode} mode")
         _check_reference(lst.upstream, f"{key}.upstream", known, bad)
+    if lst.proxy_protocol is True and lst.proxy_protocol_from == ():
+        bad(f"{key}.proxy_protocol_from", "required with proxy_protocol = true: the CIDRs "
+            "of the load balancers in front (anyone else could claim any client address)")
     if routes and lst.mode in ("tcp", "forward"):
         bad(f"{key}.route", f"routes are only allowed in http mode, not {lst.mode}")
     for j, route in enumerate(routes):

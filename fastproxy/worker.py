@@ -33,7 +33,7 @@ from fastproxy.config import Config, Listener
 from fastproxy.context import ModeHandler, WorkerContext
 from fastproxy.log import setup_error_log
 from fastproxy.modes.forward import ForwardMode
-from fastproxy.modes.preamble import Preamble
+from fastproxy.modes.preamble import Preamble, TrustedSenders
 from fastproxy.modes.reverse import ReverseMode
 from fastproxy.modes.tcp import TcpMode
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
@@ -82,6 +82,8 @@ class Acceptor:
         self.active = False
         # What an accepted socket is wrapped with (see accept_batch).
         self._wrap = (int(sock.family), socket.SOCK_STREAM, sock.proto)
+        self._proxy_senders = (TrustedSenders(listener.proxy_protocol_from)
+                               if listener.proxy_protocol else None)
 
     def resume(self) -> None:
         if not self.active and self.fd >= 0:
@@ -130,11 +132,14 @@ class Acceptor:
                 continue
             try:
                 conn.setblocking(False)  # TCP_NODELAY is inherited from the listener
-                if self.listener.proxy_protocol:
+                senders = self._proxy_senders
+                if senders is None:
+                    self.handler.accepted(conn, addr)
+                elif addr[0] not in senders:
+                    Preamble.refuse(worker.ctx, conn)
+                else:
                     Preamble(worker.ctx, self.handler, conn, addr,
                              self.listener.timeouts.client_header).start()
-                else:
-                    self.handler.accepted(conn, addr)
             except Exception:
                 log.exception("error starting a session")
                 c[C.internal_errors] += 1

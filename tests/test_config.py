@@ -337,6 +337,11 @@ def test_one_problem_names_the_key(extra: str, expected: str) -> None:
     ('mode = "udp"', "config error: listener[0].mode: expected one of tcp, http, forward"),
     ("proxy_protocol = 1", ("config error: listener[0].proxy_protocol: expected true or false, "
      "got integer")),
+    ("proxy_protocol = true", ("config error: listener[0].proxy_protocol_from: required with "
+     "proxy_protocol = true: the CIDRs of the load balancers in front (anyone else could claim "
+     "any client address)")),
+    ('proxy_protocol_from = ["10.0.0.300/8"]',
+     "config error: listener[0].proxy_protocol_from[0]: invalid CIDR '10.0.0.300/8'"),
     ("timeouts = { idle = 0 }", "config error: listener[0].timeouts.idle: must be > 0, got 0"),
     ('timeouts = { connect = "5" }',
      "config error: listener[0].timeouts.connect: expected a number, got string"),
@@ -353,6 +358,12 @@ def test_listener_problems_name_the_key(extra: str, expected: str) -> None:
     lines = [line for line in MINIMAL.splitlines() if not line.startswith(key + " ")]
     text = "\n".join(lines).replace('upstream = "app"', f'upstream = "app"\n{extra}', 1)
     assert one_problem(text) == expected
+
+
+def test_proxy_protocol_from_is_normalised() -> None:
+    text = MINIMAL.replace('upstream = "app"', 'upstream = "app"\nproxy_protocol = true\n'
+                           'proxy_protocol_from = ["10.1.2.3/8", "::1"]', 1)
+    assert config.loads(text).listeners[0].proxy_protocol_from == ("10.0.0.0/8", "::1/128")
 
 
 def test_missing_required_listener_keys() -> None:

@@ -7,11 +7,21 @@ address, and the bytes that followed the header as the start of the stream.
 A missing or malformed header closes the connection (counted as
 ``proxy_protocol_errors``): a listener that expects the header must never
 mistake a client's own bytes for it.
+
+Only the load balancers listed in ``proxy_protocol_from`` may send the
+header (``TrustedSenders``): a connection from any other address is closed
+at once and counted the same way, since whoever can send the header can
+claim any client address (and so pass ``allow_clients``, steer ``ip_hash``
+and write the access log's client field). Only a TCP source (v1 TCP4/TCP6,
+v2 INET/INET6) replaces the connection's address; LOCAL, UNKNOWN, UNSPEC
+and UNIX headers leave the real peer address in place.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from fastproxy.proxyproto import ProxyDecoder, ProxyProtocolError
@@ -23,6 +33,23 @@ if TYPE_CHECKING:
     from fastproxy.context import ModeHandler, WorkerContext
 
 READ_SIZE = 4096
+_TCP_FAMILIES = ("tcp4", "tcp6")
+
+
+class TrustedSenders:
+    """The addresses allowed to send a PROXY header: ``ip in senders``."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+    def __contains__(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.partition("%")[0])
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)  # a dual-stack listener's IPv4 peer
+        return any(address in net or (mapped is not None and mapped in net)
+                   for net in self.networks)
 
 
 class Preamble:
@@ -63,7 +90,8 @@ class Preamble:
         self.done = True
         self.ctx.reactor.unregister(self.fd)
         self.ctx.sessions.discard(self)
-        addr = header.source if header.source is not None else self.addr
+        source = header.source
+        addr = source if source is not None and header.family in _TCP_FAMILIES else self.addr
         self.handler.accepted(self.sock, addr, self.decoder.rest)
 
     def check_timeouts(self, now: float) -> None:
@@ -73,6 +101,13 @@ class Preamble:
 
     def abort(self) -> None:
         self._close()
+
+    @staticmethod
+    def refuse(ctx: WorkerContext, sock: socket.socket) -> None:
+        """A connection from an address not allowed to send the header."""
+        ctx.c[C.proxy_protocol_errors] += 1
+        set_reset(sock)
+        sock.close()
 
     def _close(self) -> None:
         if self.done:

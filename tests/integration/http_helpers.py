@@ -48,6 +48,7 @@ class ListenerSpec:
     timeouts: dict[str, float] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     routes: list[dict[str, str]] = field(default_factory=list)
+    options: dict[str, object] = field(default_factory=dict)   # other listener keys
 
     def toml(self) -> str:
         timeouts = {"client_header": 2.0, "idle": 5.0, "connect": 1.0, "upstream_read": 2.0,
@@ -57,6 +58,7 @@ class ListenerSpec:
                  f'listen = "{HOST}:{self.port}"', 'mode = "http"',
                  f"upstream = {_toml_value(self.upstream)}",
                  f"timeouts = {_toml_value(timeouts)}", f"limits = {_toml_value(limits)}"]
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in self.options.items())
         for route in self.routes:
             lines.append("  [[listener.route]]")
             lines.extend(f"  {k} = {_toml_value(v)}" for k, v in route.items())
@@ -159,14 +161,15 @@ class HttpProxyRunner(MasterRunner[HttpProxy]):
               routes: list[dict[str, str]] | None = None, timeouts: dict[str, float] | None = None,
               limits: dict[str, int] | None = None, extra_listeners: list[ListenerSpec] = (),  # type: ignore[assignment]
               access: bool = False, fmt: str = "combined", workers: int = 1,
-              upstream: str | None = None) -> HttpProxy:
+              upstream: str | None = None,
+              listener: dict[str, object] | None = None) -> HttpProxy:
         n = len(self.started)
         admin_port = free_port()
         pidfile = self.workdir / f"http-{n}.pid"
         config_path = self.workdir / f"http-{n}.toml"
         access_path = self.workdir / f"access-{n}.log" if access else None
         main = ListenerSpec("web", upstream or next(iter(upstreams)), free_port(),
-                            timeouts or {}, limits or {}, routes or [])
+                            timeouts or {}, limits or {}, routes or [], listener or {})
         listeners = [main, *extra_listeners]
         for spec in listeners:
             spec.port = spec.port or free_port()
