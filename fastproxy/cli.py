@@ -199,7 +199,7 @@ class _attach:
     def __enter__(self):  # type: ignore[no-untyped-def]
         from fastproxy.stats.shm import Segment
 
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             self.map = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:

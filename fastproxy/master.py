@@ -47,6 +47,7 @@ from fastproxy import arbiter
 from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
 from fastproxy.config import Config
 from fastproxy.errors import ConfigError
+from fastproxy.files import create_new, write_replacing
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
@@ -129,7 +130,8 @@ class Master:
         self._alive_r, self._alive_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self._alive_r, False)
         self._start_admin()
-        self._write_pidfile()
+        # The handlers before the pidfile: whoever reads the pidfile may signal at once
+        # (a signal is recorded and handled by the loop once the generation exists).
         self.reactor.handle_signals({
             signal.SIGHUP: self.reload,
             signal.SIGTERM: self.stop_fast,
@@ -141,6 +143,7 @@ class Master:
             signal.SIGTTOU: self.remove_worker,
             signal.SIGCHLD: self.reap,
         })
+        self._write_pidfile()
         self._register_servers(self.config)
         self._new_generation()
 
@@ -155,18 +158,14 @@ class Master:
             raise OSError(errno.EEXIST, f"already running with pid {pid} (pidfile {path})")
 
     def _write_pidfile(self) -> None:
-        path = self.config.server.pidfile
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
+        write_replacing(self.config.server.pidfile, f"{os.getpid()}\n".encode())
 
     def _create_segment(self) -> None:
         _remove_stale_segments()
         max_slots = max(64, 4 * self.slots + 8)
         size = Segment.size_for(max_slots, MAX_SERVERS)
         self._segment_path = segment_path(os.getpid())
-        fd = os.open(self._segment_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = create_new(self._segment_path, 0o600)  # the master's user (and root) only
         try:
             os.ftruncate(fd, size)
             self._segment_map = mmap.mmap(fd, size, mmap.MAP_SHARED)

@@ -130,6 +130,7 @@ class MasterRunner(Generic[P]):
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[P] = []
+        self.python_args = ["-m", "fastproxy"]   # what runs ``run -c CONFIG``
 
     def launch(self, proxy_type: type[P], config_path: Path, pidfile: Path, admin_port: int,
                ports: dict[str, int], *, access_log: Path | None, error_log: Path,
@@ -137,7 +138,7 @@ class MasterRunner(Generic[P]):
         """Run a master on ``config_path`` (output to ``error_log``) and wait for
         its ``workers``; the proxy is stopped by ``stop_all()``."""
         with open(error_log, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c", str(config_path)],
+            proc = subprocess.Popen([sys.executable, *self.python_args, "run", "-c", str(config_path)],
                                     cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
         proxy = proxy_type(proc, self.workdir, config_path, pidfile, admin_port, ports,
                            access_log=access_log, error_log=error_log)
