@@ -63,6 +63,7 @@ import collections
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -176,9 +177,11 @@ class Policy:
     """
 
     def __init__(self, allow_clients: Iterable[str], connect_ports: Iterable[int],
-                 deny_destinations: Iterable[str], allow_destinations: Iterable[str]) -> None:
+                 deny_destinations: Iterable[str], allow_destinations: Iterable[str],
+                 http_ports: Iterable[tuple[int, int]] = ((1, 65535),)) -> None:
         self._clients = _NetSet(allow_clients)
         self._ports = frozenset(connect_ports)
+        self._http_ports = tuple(http_ports)
         deny = list(deny_destinations)
         self._deny_classes = [(name, _NetSet(CLASSES[name])) for name in CLASS_ORDER
                               if name in deny]
@@ -193,7 +196,7 @@ class Policy:
     @classmethod
     def from_config(cls, forward: Forward) -> Policy:
         return cls(forward.allow_clients, forward.connect_ports, forward.deny_destinations,
-                   forward.allow_destinations)
+                   forward.allow_destinations, forward.http_ports)
 
     def client_allowed(self, ip: str) -> bool:
         """True if the peer address ``ip`` is in allow_clients (rule 1); False if not or if
@@ -212,6 +215,14 @@ class Policy:
         """Rule 2. Raises Denied("port not allowed")."""
         if port not in self._ports:
             raise Denied("port not allowed")
+
+    def check_http_port(self, port: int) -> None:
+        """Plain HTTP goes only to ``http_ports`` (Squid's Safe_ports: no requests
+        smuggled into SSH or SMTP). Raises Denied("port not allowed")."""
+        for low, high in self._http_ports:
+            if low <= port <= high:
+                return
+        raise Denied("port not allowed")
 
     def check_name(self, host: str) -> bool:
         """True if the DNS name ``host`` matches an allow_destinations name pattern (rule 5).
@@ -239,6 +250,22 @@ class Policy:
                 raise Denied(f"destination denied: {name}")
         if addr in self._deny_cidrs or real in self._deny_cidrs:
             raise Denied("destination denied: network")   # the CIDR itself stays private
+
+
+_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
+
+
+def parent_resolves_locally(host: str) -> bool:
+    """Whether a parent proxy would resolve ``host`` to a local or chosen address
+    we cannot check: ``localhost`` names and IPv4 in a non-canonical numeric
+    form (``2130706433``, ``0x7f.1``, ``127.1``), which ``inet_aton`` accepts."""
+    name = host.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    if parse_ip(host) is not None:
+        return False
+    labels = name.split(".")
+    return len(labels) <= 4 and all(_INET_ATON_PART.fullmatch(label) for label in labels)
 
 
 def _ipv4_meaning(addr: IPAddress) -> IPAddress:

@@ -25,6 +25,7 @@ from fastproxy import config as configuration
 from fastproxy.config import Config
 from fastproxy.errors import ConfigError, format_problem
 from fastproxy.modes import require_available
+from fastproxy.overrides import apply_overrides
 
 EXIT_OK, EXIT_USAGE, EXIT_START = 0, 1, 2
 PBKDF2_ITERATIONS = 600_000
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> Config:
     cfg = configuration.load(args.config) if args.config else configuration.default()
     if args.command == "run":
-        cfg = configuration.apply_overrides(
+        cfg = apply_overrides(
             cfg, listen=args.listen, mode=args.mode, upstreams=args.upstream,
             workers=args.workers, admin=args.admin, pidfile=args.pidfile)
     require_available(cfg)

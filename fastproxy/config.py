@@ -39,8 +39,8 @@ import os
 import pwd
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -104,6 +104,20 @@ def _num(lo: int, hi: int | None = None, *, real: bool = False, above: bool = Fa
     return check
 
 
+def _port_range(value: Any, key: str, problems: list[str]) -> tuple[int, int]:
+    """A port (integer) or an inclusive range "LOW-HIGH" of ports, as (low, high)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= 65535:
+            raise _Invalid(f"must be between 1 and 65535, got {value}")
+        return value, value
+    if isinstance(value, str):
+        low, dash, high = value.partition("-")
+        if dash and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535:
+            return int(low), int(high)
+        raise _Invalid(f'expected a port range "LOW-HIGH" within 1-65535, got {value!r}')
+    raise _Invalid(f'expected a port or a "LOW-HIGH" range, got {_tname(value)}')
+
+
 def _bool(value: Any, key: str, problems: list[str]) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"expected true or false, got {_tname(value)}")
@@ -160,6 +174,7 @@ def _cidr(text: str) -> str:
     return str(ipaddress.ip_network(text, strict=False))
 
 
+_PSEUDONYM = re.compile(r"[A-Za-z0-9._-]*")
 _nonempty = _conv(lambda s: s or None, "must not be empty")
 _name = _conv(lambda s: s if _NAME.fullmatch(s) else None,
               "a name may use only letters, digits, '_' and '-', got {!r}")
@@ -371,6 +386,10 @@ class ServerSection:
     max_connections: int = _f(_num(1), "per worker; beyond it, accept pauses", 10000)
     user: str = _f(_str(_system_user),
                    "workers run as this user (the master binds and stays); empty = no change", "")
+    name: str = _f(_str(_conv(lambda s: s if _PSEUDONYM.fullmatch(s) else None,
+                              "letters, digits, '.', '_' and '-' only, got {!r}")),
+                   'pseudonym in the Via the proxy adds and in loop detection; "" = host name',
+                   "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,9 +489,14 @@ class Forward:
     connect_ports: tuple[int, ...] = _f(_list(_num(1, 65535)), "ports CONNECT may reach", (443,))
     deny_destinations: tuple[str, ...] = _f(
         _list(_str(_deny_destination)), "SSRF guard on the resolved IP: CIDRs or "
-        + ", ".join(DESTINATION_CLASSES), ("private", "loopback", "link-local"))
+        + ", ".join(DESTINATION_CLASSES),
+        ("private", "loopback", "link-local", "reserved", "multicast"))
     allow_destinations: tuple[str, ...] = _f(_list(_str(_allow_destination)), 'CIDRs, '
                                              '"example.com", "*.example.com"; beats deny', ())
+    http_ports: tuple[tuple[int, int], ...] = _f(
+        _list(_port_range), 'plain-HTTP destination ports: integers and "LOW-HIGH" ranges '
+        "(Squid's Safe_ports)", ((80, 80), (21, 21), (443, 443), (70, 70), (210, 210),
+                                 (280, 280), (488, 488), (591, 591), (777, 777), (1025, 65535)))
     dns_cache_ttl: float = _f(_num(0, real=True), "seconds a resolution is cached", 30.0)
     source_addresses: tuple[str, ...] = _f(_list(_str(_ip)), "egress IPs to rotate", ())
     users: Mapping[str, str] = _f(_users, 'name -> "pbkdf2_sha256$<iterations>$<salt>$<hash>";'
@@ -610,79 +634,12 @@ def default() -> Config:
     return loads(_DEFAULT_TOML, DEFAULT_SOURCE)
 
 
-def _flag(cls: type[Any], name: str, value: Any, flag: str, problems: list[str]) -> Any:
-    """Run the checker of field ``cls.name`` on a command-line value, naming the ``flag``."""
+def check_field(cls: type[Any], name: str, value: Any, key: str, problems: list[str]) -> Any:
+    """Run the checker of field ``cls.name`` on ``value`` (a command-line flag's, named
+    ``key``): the converted value, or ``INVALID`` with the problem appended."""
     check = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["check"]
-    return _run(check, value, flag, problems)
+    return _run(check, value, key, problems)
 
 
-def apply_overrides(cfg: Config, *, listen: str | None = None, mode: str | None = None,
-                    upstreams: Sequence[str] | None = (), workers: int | str | None = None,
-                    admin: str | None = None, pidfile: str | None = None) -> Config:
-    """A copy of ``cfg`` with the ``fastproxy run`` flags applied, validated again.
-
-    ``listen``, ``mode`` and ``upstreams`` act on the config's single listener; with more
-    than one listener they are an error. ``upstreams`` (repeated ``--upstream HOST:PORT``)
-    defines the upstream "default" with those servers (weight 1; an existing "default" keeps
-    its other settings) and points the listener at it; a forward listener takes no upstream.
-    ``mode`` changes the listener's mode: forward drops its upstream and routes; tcp or http
-    without an upstream is an error naming --upstream; tcp with routes is an error.
-    ``listen`` replaces the listener's address; ``workers`` server.workers (1..1024 or
-    "auto"); ``admin`` admin.listen ("off" disables); ``pidfile`` server.pidfile.
-    Raises ConfigError, one line per problem, keyed by flag (``config error: --listen: ...``);
-    the cross-checks of loads() run once every flag is valid, with dotted keys.
-    """
-    problems: list[str] = []
-    server = replace(cfg.server, **{name: _flag(ServerSection, name, value, flag, problems)
-                                    for name, value, flag in (("workers", workers, "--workers"),
-                                                              ("pidfile", pidfile, "--pidfile"))
-                                    if value is not None})
-    admin_section = cfg.admin if admin is None else AdminSection(
-        _flag(AdminSection, "listen", admin, "--admin", problems))
-    listeners, pools = cfg.listeners, dict(cfg.upstreams)
-    flags = [flag for flag, given in (("--listen", listen), ("--mode", mode),
-                                      ("--upstream", upstreams)) if given]
-    if flags and len(listeners) != 1:
-        problems += [format_problem(flag, f"applies only to a config with one listener; "
-                                    f"{cfg.source} has {len(listeners)}") for flag in flags]
-    elif flags:
-        listeners = (_override_listener(listeners[0], listen, mode, upstreams, pools,
-                                        problems),)
-    new = replace(cfg, server=server, admin=admin_section, listeners=listeners,
-                  upstreams=MappingProxyType(pools))
-    problems = problems or _cross_check(new)   # a flag's problem is not reported twice
-    if problems:
-        raise ConfigError(problems)
-    return new
-
-
-def _override_listener(lst: Listener, listen: str | None, mode: str | None,
-                       servers: Sequence[str] | None, pools: dict[str, Upstream],
-                       problems: list[str]) -> Listener:
-    """Apply --listen, --mode and --upstream to ``lst``; may add pools["default"]."""
-    if listen is not None:
-        lst = replace(lst, listen=_flag(Listener, "listen", listen, "--listen", problems))
-    if mode is not None:
-        new_mode = _flag(Listener, "mode", mode, "--mode", problems)
-        if new_mode == "forward":
-            lst = replace(lst, mode=new_mode, upstream=None, routes=())
-        elif new_mode is not _BAD:
-            if new_mode == "tcp" and lst.routes:
-                problems.append(format_problem("--mode", f"listener {lst.name!r} has "
-                                               "[[listener.route]] tables, which need mode http"))
-            lst = replace(lst, mode=new_mode)
-    if servers:
-        entries = tuple(ServerEntry(_flag(ServerEntry, "address", s, "--upstream",
-                                                 problems)) for s in servers)
-        base = pools.get("default")
-        pools["default"] = (replace(base, servers=entries) if base is not None
-                            else Upstream("default", entries))
-        if lst.mode == "forward":
-            problems.append(format_problem("--upstream", "not used by a forward listener; "
-                                           "add --mode tcp or --mode http"))
-        else:
-            lst = replace(lst, upstream="default")
-    if lst.mode in ("tcp", "http") and lst.upstream is None:
-        problems.append(format_problem("--upstream", f"mode {lst.mode} needs an upstream: "
-                                       "add --upstream HOST:PORT"))
-    return lst
+INVALID: Any = _BAD
+cross_check = _cross_check

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from fastproxy import acl
-from fastproxy.acl import CHALLENGE, Authenticator, Denied, Policy
+from fastproxy.acl import CHALLENGE, Authenticator, Denied, Policy, parent_resolves_locally
 from fastproxy.cli import hash_password
 from fastproxy.config import Forward, loads
 
@@ -90,10 +90,35 @@ def test_default_deny_classes(ip: str, cls: str) -> None:
 
 
 @pytest.mark.parametrize("ip", ["93.184.216.34", "2606:2800:220:1::1", "172.32.0.1",
-                                "100.128.0.1", "::ffff:8.8.8.8", "64:ff9b::808:808",
-                                "224.0.0.1", "240.0.0.1"])
+                                "100.128.0.1", "::ffff:8.8.8.8", "64:ff9b::808:808"])
 def test_default_allows_public_and_undenied_classes(ip: str) -> None:
     assert denied(policy(), ip) is None
+
+
+@pytest.mark.parametrize(("ip", "cls"), [
+    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("240.0.0.1", "reserved"),
+    ("255.255.255.255", "reserved"), ("0.1.2.3", "reserved"), ("::ffff:240.0.0.1", "reserved"),
+])
+def test_reserved_and_multicast_are_denied_by_default(ip: str, cls: str) -> None:
+    assert denied(policy(), ip) == f"destination denied: {cls}"
+
+
+def test_http_ports() -> None:
+    p = policy(http_ports=((80, 80), (1025, 65535)))
+    for port in (80, 1025, 8080, 65535):
+        p.check_http_port(port)
+    for port in (22, 25, 443, 1024):
+        with pytest.raises(Denied, match="port not allowed"):
+            p.check_http_port(port)
+
+
+@pytest.mark.parametrize(("host", "local"), [
+    ("2130706433", True), ("0x7f.1", True), ("127.1", True), ("017700000001", True),
+    ("localhost", True), ("LocalHost.", True), ("db.localhost", True),
+    ("127.0.0.1", False), ("example.com", False), ("1.example", False), ("0x.example", False),
+])
+def test_parent_resolves_locally(host: str, local: bool) -> None:
+    assert parent_resolves_locally(host) is local
 
 
 @pytest.mark.parametrize(("ip", "cls"), [

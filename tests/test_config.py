@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from fastproxy import config
-from fastproxy.config import Address, Config, apply_overrides, default, load, loads, parse_address
+from fastproxy.config import Address, Config, default, load, loads, parse_address
 from fastproxy.errors import ConfigError
+from fastproxy.overrides import apply_overrides
 
 # SPEC.md "Configuration", verbatim, plus the [upstream.api] its route refers to.
 SPEC_EXAMPLE = '''
@@ -54,7 +55,8 @@ health = { interval = 2.0, timeout = 1.0, rise = 2, fall = 3, path = "/healthz" 
 [forward]                   # applies to listeners with mode = "forward"
 allow_clients = ["127.0.0.0/8", "::1/128"]
 connect_ports = [443]                       # CONNECT allowed only to these ports
-deny_destinations = ["private", "loopback", "link-local"]  # SSRF guard, checked on the resolved IP; CIDRs also accepted
+deny_destinations = ["private", "loopback", "link-local", "reserved", "multicast"]  # SSRF guard on the resolved IP; CIDRs too
+http_ports = [80, 21, 443, 70, 210, 280, 488, 591, 777, "1025-65535"]   # plain-HTTP destinations (Squid's Safe_ports)
 allow_destinations = []     # optional allow-list: CIDRs, "example.com", "*.example.com"; overrides the deny list when it matches
 dns_cache_ttl = 30.0        # resolution never blocks a worker's event loop
 source_addresses = []       # rotate the egress (source) IP of outgoing connections, e.g. ["192.0.2.10", "192.0.2.11"]
@@ -123,7 +125,7 @@ def test_spec_example_parses() -> None:
 def test_defaults_of_a_minimal_config() -> None:
     cfg = loads(MINIMAL)
     assert cfg.source == "<string>"
-    assert cfg.server == config.ServerSection(AUTO_WORKERS, "fastproxy.pid", 30.0, 10000, "")
+    assert cfg.server == config.ServerSection(AUTO_WORKERS, "fastproxy.pid", 30.0, 10000, "", "")
     assert cfg.log == config.LogSection("-", "combined", "info")
     assert cfg.admin.listen == Address("127.0.0.1", 9901)
     (lst,) = cfg.listeners
@@ -137,7 +139,10 @@ def test_defaults_of_a_minimal_config() -> None:
     fwd = cfg.forward
     assert fwd.allow_clients == ("127.0.0.0/8", "::1/128")
     assert fwd.connect_ports == (443,)
-    assert fwd.deny_destinations == ("private", "loopback", "link-local")
+    assert fwd.deny_destinations == ("private", "loopback", "link-local", "reserved",
+                                     "multicast")   # SPEC "Forward-proxy policy"
+    assert fwd.http_ports == ((80, 80), (21, 21), (443, 443), (70, 70), (210, 210), (280, 280),
+                              (488, 488), (591, 591), (777, 777), (1025, 65535))
     assert fwd.allow_destinations == () and fwd.source_addresses == ()
     assert fwd.upstream_proxies == () and dict(fwd.users) == {}
     assert (fwd.dns_cache_ttl, fwd.anonymity, fwd.rotation) == (30.0, "elite", "round_robin")
@@ -701,3 +706,9 @@ servers = ["127.0.0.1:9000", "127.0.0.1:9001", {address = "127.0.0.1:9000", weig
     assert info.value.problems == [
         "config error: upstream.app.servers[2]: duplicate server '127.0.0.1:9000' "
         "(also servers[0]; use weight to give it a bigger share)"]
+
+
+def test_server_name_is_a_via_pseudonym() -> None:
+    assert loads('[server]\nname = "edge-1.example"\n' + MINIMAL).server.name == "edge-1.example"
+    with pytest.raises(config.ConfigError, match=r"server.name: letters, digits"):
+        loads('[server]\nname = "edge 1, evil"\n' + MINIMAL)

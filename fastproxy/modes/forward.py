@@ -32,14 +32,22 @@ import socket
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from fastproxy.acl import Authenticator, Denied, PendingCheck, Policy, parse_ip
+from fastproxy.acl import (
+    Authenticator,
+    Denied,
+    PendingCheck,
+    Policy,
+    parent_resolves_locally,
+    parse_ip,
+)
 from fastproxy.config import Forward, Listener
 from fastproxy.errors import ProtocolError
 from fastproxy.http.rewrite import forwarded_for
 from fastproxy.modes.exchange import Answer, Exchange
 from fastproxy.modes.httpmode import HttpMode
 from fastproxy.modes.phases import PENDING, HeadEdit, Pending, Step
-from fastproxy.modes.reverse import MaxForwards, client_address, via
+from fastproxy.modes.httpcommon import names_in_via, pseudonym, via
+from fastproxy.modes.reverse import MaxForwards, client_address
 from fastproxy.resolver import Resolver
 from fastproxy.stats.shm import C
 from fastproxy.upstream.parents import PARENTS, ParentProxy, parent_proxies
@@ -103,7 +111,8 @@ class Admission(Step):
     """Client address, credentials, request form, CONNECT port (module docstring, 1)."""
 
     def __init__(self, forward: Forward, policy: Policy, auth: Authenticator,
-                 resolver: Resolver) -> None:
+                 resolver: Resolver, name: bytes) -> None:
+        self.name = name   # our pseudonym: a Via naming it means the request looped
         self.policy = policy
         self.auth = auth
         self.resolver = resolver
@@ -118,6 +127,9 @@ class Admission(Step):
             _remember(self._clients, conn.client_ip, allowed)
         if not allowed:
             return deny(conn, C.denied_client, "client not allowed")
+        if names_in_via(ex.request, self.name):
+            c[C.denied] += 1
+            return conn.mode.error(403, "forwarding loop")
         auth = self.auth
         if auth.required:
             found = auth.cached(ex.request.get(b"proxy-authorization"))
@@ -128,12 +140,14 @@ class Admission(Step):
                 c[C.auth_failures] += 1
                 return conn.mode.error(407, "proxy authentication required", auth.challenge())
         target = destination(ex)
-        if target.tunnel:
-            try:
+        try:
+            if target.tunnel:
                 self.policy.check_connect_port(target.port)
-            except Denied as exc:
-                return deny(conn, C.denied_port, exc.reason)
-        else:
+            else:
+                self.policy.check_http_port(target.port)
+        except Denied as exc:
+            return deny(conn, C.denied_port, exc.reason)
+        if not target.tunnel:
             c[C.forward_requests] += 1
         ex.note = target
         return None
@@ -217,6 +231,8 @@ class DestinationStep(Step):
         non-empty allow list."""
         policy = self.policy
         try:
+            if parent_resolves_locally(target.host):
+                raise Denied("destination not allowed")
             if parse_ip(target.host) is not None:
                 policy.check_address(target.host, None)
             elif policy.has_allow_list and not policy.check_name(target.host):
@@ -314,8 +330,9 @@ class Anonymity(Step):
 
     upstream_drop_prefix = b"proxy-"
 
-    def __init__(self, level: str) -> None:
+    def __init__(self, level: str, name: bytes) -> None:
         self.level = level
+        self.name = name   # the pseudonym in Via
         # transparent: the client's X-Forwarded-For chain is re-appended, extended
         self.upstream_drop = (_IDENTIFYING if level != "transparent"
                               else frozenset((b"x-forwarded-for",)))
@@ -324,7 +341,7 @@ class Anonymity(Step):
                                 edit: HeadEdit) -> None:
         if self.level == "elite":
             return
-        edit.append.append(via(ex.request.version))
+        edit.append.append(via(ex.request.version, self.name))
         if self.level == "transparent":  # the client's chain is kept and extended
             edit.append.append(forwarded_for(ex.request, client_address(conn)))
 
@@ -364,10 +381,11 @@ class ForwardMode(HttpMode):
         policy = Policy.from_config(forward)
         parents = parent_proxies(forward)
         steps: list[Step] = [
-            Admission(forward, policy, Authenticator.from_config(forward), ctx.resolver),
+            Admission(forward, policy, Authenticator.from_config(forward), ctx.resolver,
+                      pseudonym(ctx.config)),
             MaxForwards(),
             DestinationStep(ctx, forward, policy, ctx.resolver, parents),
-            Tunnel(), Anonymity(forward.anonymity)]
+            Tunnel(), Anonymity(forward.anonymity, pseudonym(ctx.config))]
         if parents:
             steps.append(ParentHead(parents))
         super().__init__(ctx, listener, steps)

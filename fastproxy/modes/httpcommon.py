@@ -4,10 +4,11 @@ to upstreams, and the access-log line for one exchange."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass
 
-from fastproxy.config import Limits, Route
+from fastproxy.config import Config, Limits, Route
 from fastproxy.http import Limits as HttpLimits
 from fastproxy.http import Request, serialize_request
 
@@ -71,6 +72,29 @@ class CompiledRoute:
         if self.suffix is not None and not host.endswith(self.suffix):
             return False
         return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+def pseudonym(config: Config) -> bytes:
+    """This proxy's name in the Via it adds (``server.name``, else the host name)."""
+    return (config.server.name or socket.gethostname()).encode("ascii", "replace")
+
+
+def via(version: bytes, name: bytes) -> bytes:
+    """``Via: <received protocol version> <name>`` (RFC 9110 §7.6.3)."""
+    return b"Via: " + version + b" " + name + b"\r\n"
+
+
+def names_in_via(request: Request, name: bytes) -> bool:
+    """Whether a Via of ``request`` lists ``name`` as a proxy it went through
+    (the request has looped back to us), case-insensitively."""
+    name = name.lower()
+    for field, value, _, _ in request.special:
+        if field == b"via":
+            for hop in value.split(b","):
+                parts = hop.split()
+                if len(parts) >= 2 and parts[1].lower() == name:
+                    return True
+    return False
 
 
 def host_of(authority: bytes) -> bytes:

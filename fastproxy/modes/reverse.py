@@ -23,7 +23,13 @@ from fastproxy.errors import ProtocolError
 from fastproxy.http import Request
 from fastproxy.http.rewrite import forwarded_for, max_forwards
 from fastproxy.modes.exchange import Answer, Exchange
-from fastproxy.modes.httpcommon import CompiledRoute, host_of, max_forwards_answer
+from fastproxy.modes.httpcommon import (
+    CompiledRoute,
+    host_of,
+    max_forwards_answer,
+    pseudonym,
+    via,
+)
 from fastproxy.modes.httpmode import HttpMode
 from fastproxy.modes.phases import HeadEdit, Step
 from fastproxy.upstream.runtime import UpstreamRuntime
@@ -93,7 +99,8 @@ class ForwardingFields(Step):
 
     upstream_drop = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
 
-    def __init__(self) -> None:
+    def __init__(self, name: bytes) -> None:
+        self.name = name   # the pseudonym in Via
         self._lines: dict[tuple[str, bytes, bytes], bytes] = {}
 
     def upstream_request_filter(self, conn: ClientConnection, ex: Exchange,
@@ -111,11 +118,10 @@ class ForwardingFields(Step):
             lines = self._lines[key] = self.lines(conn, request)
         edit.append.append(lines)
 
-    @staticmethod
-    def lines(conn: ClientConnection, request: Request) -> bytes:
+    def lines(self, conn: ClientConnection, request: Request) -> bytes:
         host = b"X-Forwarded-Host: " + request.authority + b"\r\n" if request.authority else b""
         return (forwarded_for(request, client_address(conn)) + b"X-Forwarded-Proto: http\r\n"
-                + host + via(request.version))
+                + host + via(request.version, self.name))
 
 
 def client_address(conn: ClientConnection) -> bytes:
@@ -123,14 +129,10 @@ def client_address(conn: ClientConnection) -> bytes:
     return conn.client_ip.partition("%")[0].encode()
 
 
-def via(version: bytes) -> bytes:
-    """``Via: <received protocol version> fastproxy`` (RFC 9110 §7.6.3)."""
-    return b"Via: " + version + b" fastproxy\r\n"
-
-
 class ReverseMode(HttpMode):
     """Per-listener handler for ``mode = "http"``."""
 
     def __init__(self, ctx: WorkerContext, listener: Listener) -> None:
         super().__init__(ctx, listener, [ReverseAdmission(), MaxForwards(),
-                                         Routing(ctx, listener), ForwardingFields()])
+                                         Routing(ctx, listener),
+                                         ForwardingFields(pseudonym(ctx.config))])
