@@ -76,16 +76,6 @@ def runner(workdir: Path) -> Iterator[ForwardRunner]:
         r.stop_all()
 
 
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Callable[..., ForwardProxy]]:
-    """Masters for one test (stopped at its end)."""
-    r = ForwardRunner(tmp_path)
-    try:
-        yield r.start
-    finally:
-        r.stop_all()
-
-
 @pytest.fixture(scope="module")
 def app() -> Iterator[PeerBackend]:
     backend = PeerBackend("app")

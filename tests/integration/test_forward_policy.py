@@ -10,24 +10,14 @@ requests name (240.0.0.1, 224.0.0.1, port 25) never see a packet.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.forward_helpers import ForwardProxy, ForwardRunner, PeerBackend, proxy_get
+from tests.integration.forward_helpers import PeerBackend, proxy_get
 from tests.integration.http_helpers import Response
 
 SPEC_DENY = ["private", "loopback", "link-local", "reserved", "multicast"]
-
-
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Callable[..., ForwardProxy]]:
-    r = ForwardRunner(tmp_path)
-    try:
-        yield r.start
-    finally:
-        r.stop_all()
 
 
 @pytest.fixture
