@@ -386,6 +386,8 @@ class ServerSection:
     max_connections: int = _f(_num(1), "per worker; beyond it, accept pauses", 10000)
     user: str = _f(_str(_system_user),
                    "workers run as this user (the master binds and stays); empty = no change", "")
+    rlimit_nofile: int = _f(_num(0), "workers' descriptor limit; 0 = raise the soft limit as "
+                            "far as max_connections needs (up to the hard limit)", 0)
     name: str = _f(_str(_conv(lambda s: s if _PSEUDONYM.fullmatch(s) else None,
                               "letters, digits, '.', '_' and '-' only, got {!r}")),
                    'pseudonym in the Via the proxy adds and in loop detection; "" = host name',

@@ -23,13 +23,14 @@ import gc
 import logging
 import os
 import pwd
+import resource
 import signal
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastproxy.config import Config, Listener
+from fastproxy.config import Config, Listener, ServerSection
 from fastproxy.context import ModeHandler, WorkerContext
 from fastproxy.log import setup_error_log
 from fastproxy.modes.forward import ForwardMode
@@ -152,6 +153,34 @@ class Acceptor:
         self.fd = -1
 
 
+FDS_RESERVED = 64   # listeners, logs, the resolver's pipe, health and admin sockets, slack
+
+
+def set_descriptor_limit(server: ServerSection, pipe_cap: int) -> None:
+    """Set this worker's soft descriptor limit: ``server.rlimit_nofile``, or
+    (0) as far as ``max_connections`` needs, up to the hard limit. A connection
+    may take two descriptors (client and upstream), a splice pipe two, and
+    FDS_RESERVED stay free; a limit that cannot hold ``max_connections`` is
+    logged (as nginx warns about worker_connections). Running out anyway
+    pauses accepting (``Acceptor.accept_batch``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * server.max_connections + 2 * pipe_cap + FDS_RESERVED
+    target = server.rlimit_nofile or max(soft, wanted)
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot set the descriptor limit to %d: %s", target, exc)
+    fits = max(0, (soft - 2 * pipe_cap - FDS_RESERVED) // 2)
+    if fits < server.max_connections:
+        log.warning("descriptor limit %d holds %d proxied connections, not max_connections = "
+                    "%d; raise the hard limit (LimitNOFILE=, ulimit -Hn) or server.rlimit_nofile",
+                    soft, fits, server.max_connections)
+
+
 def _drop_privileges(user: str) -> None:
     """Become ``user`` (its group, no supplementary groups) for good.
 
@@ -208,6 +237,7 @@ class Worker:
             signal.SIGUSR1: self._reopen_logs,
         })
         self.reactor.on_error = self._on_loop_error
+        set_descriptor_limit(spec.config.server, spec.pipe_cap)
         # Opens the access log, still privileged.
         self.ctx = WorkerContext(self.reactor, spec.config, spec.segment, spec.stats_index,
                                  spec.server_indexes, spec.pipe_cap, spec.pipe_size,

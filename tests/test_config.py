@@ -125,7 +125,7 @@ def test_spec_example_parses() -> None:
 def test_defaults_of_a_minimal_config() -> None:
     cfg = loads(MINIMAL)
     assert cfg.source == "<string>"
-    assert cfg.server == config.ServerSection(AUTO_WORKERS, "fastproxy.pid", 30.0, 10000, "", "")
+    assert cfg.server == config.ServerSection(AUTO_WORKERS, "fastproxy.pid", 30.0, 10000, "", 0, "")
     assert cfg.log == config.LogSection("-", "combined", "info")
     assert cfg.admin.listen == Address("127.0.0.1", 9901)
     (lst,) = cfg.listeners

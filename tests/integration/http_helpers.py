@@ -79,12 +79,15 @@ def upstream_toml(name: str, spec: list[str] | dict[str, object]) -> str:
 
 def http_config_text(*, admin_port: int, pidfile: Path, listeners: list[ListenerSpec],
                      upstreams: dict[str, list[str] | dict[str, object]], access: str = "off",
-                     fmt: str = "combined", workers: int = 1) -> str:
+                     fmt: str = "combined", workers: int = 1,
+                     server: dict[str, object] | None = None) -> str:
+    extra = "".join(f"{key} = {_toml_value(value)}\n" for key, value in (server or {}).items())
     head = textwrap.dedent(f"""\
         [server]
         workers = {workers}
         pidfile = "{pidfile}"
         graceful_timeout = 5
+        """) + extra + textwrap.dedent(f"""\
 
         [log]
         access = "{access}"
@@ -163,7 +166,8 @@ class HttpProxyRunner(MasterRunner[HttpProxy]):
               limits: dict[str, int] | None = None, extra_listeners: list[ListenerSpec] = (),  # type: ignore[assignment]
               access: bool = False, fmt: str = "combined", workers: int = 1,
               upstream: str | None = None,
-              listener: dict[str, object] | None = None) -> HttpProxy:
+              listener: dict[str, object] | None = None,
+              server: dict[str, object] | None = None) -> HttpProxy:
         n = len(self.started)
         admin_port = free_port()
         pidfile = self.workdir / f"http-{n}.pid"
@@ -176,7 +180,8 @@ class HttpProxyRunner(MasterRunner[HttpProxy]):
             spec.port = spec.port or free_port()
         config_path.write_text(http_config_text(
             admin_port=admin_port, pidfile=pidfile, listeners=listeners, upstreams=upstreams,
-            access=str(access_path) if access_path else "off", fmt=fmt, workers=workers))
+            access=str(access_path) if access_path else "off", fmt=fmt, workers=workers,
+            server=server))
         return self.launch(HttpProxy, config_path, pidfile, admin_port,
                            {spec.name: spec.port for spec in listeners},
                            access_log=access_path, error_log=self.workdir / f"http-{n}.log",

@@ -1,18 +1,26 @@
-"""The master's files in shared directories, and the moment its pidfile appears.
+"""The master's files and limits: its files in shared directories, the moment
+its pidfile appears, the workers' descriptor limit.
 
 - the stats segment in /dev/shm is a new regular file readable by the
   master's user only (it was 0644, opened without O_EXCL or O_NOFOLLOW);
 - the pidfile appears only once the signal handlers are installed: a HUP
   sent the instant it can be read (here: by the master itself, right after
   writing it) is a reload, not the signal's default action, which killed
-  the master.
+  the master;
+- the workers raise their soft descriptor limit as far as max_connections
+  needs (they kept the 1,024 they were started with), or set
+  ``server.rlimit_nofile``, and say so when it cannot hold max_connections.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import stat
 from pathlib import Path
+
+import psutil
+import pytest
 
 from tests.conftest import TIMEOUT, wait_until
 from tests.integration.http_helpers import HttpProxyRunner
@@ -57,5 +65,46 @@ def test_a_hup_as_soon_as_the_pidfile_exists_is_a_reload(tmp_path: Path,
         assert int(proxy.pidfile.read_text()) == proxy.pid
         proxy.wait_workers(1)
         proxy.assert_healthy()
+    finally:
+        runner.stop_all()
+
+
+# The master started under a soft descriptor limit of 1,024 (the hard one unchanged).
+LOW_SOFT_LIMIT = """
+import resource, sys
+from fastproxy.cli import main
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def worker_nofile(proxy) -> tuple[int, int]:
+    (pid,) = proxy.worker_pids()
+    return psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+
+
+def test_workers_raise_their_descriptor_limit_for_max_connections(tmp_path: Path,
+                                                                   backend_factory) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"hard descriptor limit {hard}: nothing to raise to")
+    runner = HttpProxyRunner(tmp_path)
+    runner.python_args = ["-c", LOW_SOFT_LIMIT]
+    try:
+        proxy = runner.start({"app": [backend_factory().address]},
+                             server={"max_connections": 1500})
+        soft, _ = worker_nofile(proxy)
+        assert soft >= 2 * 1500, soft   # was 1,024: the workers kept the master's limit
+        assert "descriptor limit" not in proxy.log_text()
+
+        pinned = runner.start({"app": [backend_factory().address]},
+                              server={"max_connections": 1500, "rlimit_nofile": 2000})
+        assert worker_nofile(pinned)[0] == 2000
+        # 2,000 descriptors cannot hold 1,500 proxied connections: said at start
+        wait_until(lambda: "descriptor limit 2000 holds" in pinned.log_text(), TIMEOUT,
+                   "the warning")
+        pinned.assert_healthy()
     finally:
         runner.stop_all()
