@@ -164,6 +164,21 @@ class _NetSet:
         return bool(self._nets[4] or self._nets[6])
 
 
+class AddressSet:
+    """Peers by CIDR: ``ip in peers`` for an address string (an IPv4-mapped
+    IPv6 address, as a dual-stack socket reports IPv4 peers, also matches the
+    IPv4 ranges; anything that is not an address never matches)."""
+
+    __slots__ = ("_nets",)
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self._nets = _NetSet(cidrs)
+
+    def __contains__(self, ip: str) -> bool:
+        addr = parse_ip(ip.partition("%")[0])
+        return addr is not None and (addr in self._nets or _ipv4_meaning(addr) in self._nets)
+
+
 def _normal_name(host: str) -> str:
     host = host.lower()
     return host.removesuffix(".")
@@ -179,7 +194,7 @@ class Policy:
     def __init__(self, allow_clients: Iterable[str], connect_ports: Iterable[int],
                  deny_destinations: Iterable[str], allow_destinations: Iterable[str],
                  http_ports: Iterable[tuple[int, int]] = ((1, 65535),)) -> None:
-        self._clients = _NetSet(allow_clients)
+        self._clients = AddressSet(allow_clients)
         self._ports = frozenset(connect_ports)
         self._http_ports = tuple(http_ports)
         deny = list(deny_destinations)
@@ -201,10 +216,7 @@ class Policy:
     def client_allowed(self, ip: str) -> bool:
         """True if the peer address ``ip`` is in allow_clients (rule 1); False if not or if
         ``ip`` is not an address at all."""
-        addr = parse_ip(ip)
-        if addr is None:
-            return False
-        return addr in self._clients or _ipv4_meaning(addr) in self._clients
+        return ip in self._clients
 
     @property
     def has_allow_list(self) -> bool:

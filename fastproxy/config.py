@@ -408,6 +408,8 @@ class AdminSection:
     """[admin]: GET /metrics (Prometheus text), /stats (JSON), /healthz."""
     listen: Address | None = _f(_str(lambda s: None if s in ("", "off") else _address(
         s, ip_only=False)), 'host:port; "off" or "" = none', Address("127.0.0.1", 9901))
+    allow: tuple[str, ...] = _f(_list(_str(_cidr_check)), "peers that may use it (others: "
+                                "connection closed)", ("127.0.0.0/8", "::1/128"))
 
 
 @dataclass(frozen=True, slots=True)

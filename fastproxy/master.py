@@ -180,7 +180,7 @@ class Master:
 
         assert self.segment is not None
         self.admin = AdminServer(self.reactor, self.config.admin.listen, self.segment,
-                                 self._has_ready_worker)
+                                 self._has_ready_worker, self.config.admin.allow)
         self.admin.start()
 
     def _has_ready_worker(self) -> bool:

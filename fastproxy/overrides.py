@@ -41,8 +41,8 @@ def apply_overrides(cfg: Config, *, listen: str | None = None, mode: str | None 
                                     for name, value, flag in (("workers", workers, "--workers"),
                                                               ("pidfile", pidfile, "--pidfile"))
                                     if value is not None})
-    admin_section = cfg.admin if admin is None else AdminSection(
-        check_field(AdminSection, "listen", admin, "--admin", problems))
+    admin_section = cfg.admin if admin is None else replace(
+        cfg.admin, listen=check_field(AdminSection, "listen", admin, "--admin", problems))
     listeners, pools = cfg.listeners, dict(cfg.upstreams)
     flags = [flag for flag, given in (("--listen", listen), ("--mode", mode),
                                       ("--upstream", upstreams)) if given]

@@ -30,11 +30,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fastproxy.acl import AddressSet
 from fastproxy.config import Config, Listener, ServerSection
 from fastproxy.context import ModeHandler, WorkerContext
 from fastproxy.log import setup_error_log
 from fastproxy.modes.forward import ForwardMode
-from fastproxy.modes.preamble import Preamble, TrustedSenders
+from fastproxy.modes.preamble import Preamble
 from fastproxy.modes.reverse import ReverseMode
 from fastproxy.modes.tcp import TcpMode
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
@@ -83,7 +84,7 @@ class Acceptor:
         self.active = False
         # What an accepted socket is wrapped with (see accept_batch).
         self._wrap = (int(sock.family), socket.SOCK_STREAM, sock.proto)
-        self._proxy_senders = (TrustedSenders(listener.proxy_protocol_from)
+        self._proxy_senders = (AddressSet(listener.proxy_protocol_from)
                                if listener.proxy_protocol else None)
 
     def resume(self) -> None:

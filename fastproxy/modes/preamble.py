@@ -9,7 +9,7 @@ A missing or malformed header closes the connection (counted as
 mistake a client's own bytes for it.
 
 Only the load balancers listed in ``proxy_protocol_from`` may send the
-header (``TrustedSenders``): a connection from any other address is closed
+header (an ``acl.AddressSet``): a connection from any other address is closed
 at once and counted the same way, since whoever can send the header can
 claim any client address (and so pass ``allow_clients``, steer ``ip_hash``
 and write the access log's client field). Only a TCP source (v1 TCP4/TCP6,
@@ -19,9 +19,7 @@ and UNIX headers leave the real peer address in place.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from fastproxy.proxyproto import ProxyDecoder, ProxyProtocolError
@@ -34,22 +32,6 @@ if TYPE_CHECKING:
 
 READ_SIZE = 4096
 _TCP_FAMILIES = ("tcp4", "tcp6")
-
-
-class TrustedSenders:
-    """The addresses allowed to send a PROXY header: ``ip in senders``."""
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
-
-    def __contains__(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip.partition("%")[0])
-        except ValueError:
-            return False
-        mapped = getattr(address, "ipv4_mapped", None)  # a dual-stack listener's IPv4 peer
-        return any(address in net or (mapped is not None and mapped in net)
-                   for net in self.networks)
 
 
 class Preamble:

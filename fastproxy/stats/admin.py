@@ -7,6 +7,12 @@
 Every response closes the connection. Requests are read with a size cap
 (8 KiB) and a deadline (5 s) so a slow or hostile admin client cannot tie
 up the master; ``HEAD`` is answered like ``GET`` without a body.
+
+Only peers in ``admin.allow`` are served: any other connection is closed
+as soon as it is accepted, before a byte is read. At most ``MAX_CLIENTS``
+admin connections are open at once (more are closed at accept), and the
+per-process figures (psutil reads of /proc) are taken at most once per
+``PROCESS_INFO_TTL``, however often /metrics and /stats are asked for.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from fastproxy.acl import AddressSet
 from fastproxy.config import Address
 from fastproxy.listeners import bind_socket
 from fastproxy.reactor import EVENT_READ, EVENT_WRITE, Reactor, Timer
@@ -27,6 +34,8 @@ log = logging.getLogger("fastproxy")
 
 MAX_REQUEST = 8192
 REQUEST_DEADLINE = 5.0
+MAX_CLIENTS = 64
+PROCESS_INFO_TTL = 1.0
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
@@ -35,9 +44,12 @@ class AdminServer:
     """Methods for the caller: ``start()``, ``close()``. Raises OSError from bind."""
 
     def __init__(self, reactor: Reactor, address: Address, segment: Segment,
-                 healthy: Callable[[], bool]) -> None:
+                 healthy: Callable[[], bool], allow: Iterable[str] = ("127.0.0.0/8", "::1/128"),
+                 ) -> None:
         self.reactor = reactor
         self.address = address
+        self.allow = AddressSet(allow)
+        self._procs: tuple[float, frozenset[int], dict[int, dict[str, float]]] | None = None
         self.segment = segment
         self.healthy = healthy
         self.sock: socket.socket | None = None
@@ -51,12 +63,15 @@ class AdminServer:
         assert self.sock is not None
         for _ in range(16):
             try:
-                conn, _addr = self.sock.accept()
+                conn, addr = self.sock.accept()
             except (BlockingIOError, ConnectionAbortedError):
                 return
             except OSError as exc:
                 log.warning("admin accept failed: %s", exc)
                 return
+            if addr[0] not in self.allow or len(self.clients) >= MAX_CLIENTS:
+                conn.close()
+                continue
             conn.setblocking(False)
             client = _AdminClient(self, conn)
             self.clients.add(client)
@@ -73,12 +88,24 @@ class AdminServer:
             return 503, "text/plain", b"no worker ready\n"
         if path in ("/metrics", "/stats"):
             snap = self.segment.snapshot()
-            procs = process_info([w["pid"] for w in snap["workers"]] + [snap["master_pid"]])
+            procs = self._process_info([w["pid"] for w in snap["workers"]]
+                                       + [snap["master_pid"]])
             if path == "/metrics":
                 body = to_prometheus(snap, procs).encode()
                 return 200, "text/plain; version=0.0.4; charset=utf-8", body
             return 200, "application/json", json.dumps(to_json(snap, procs)).encode()
         return 404, "text/plain", b"not found\n"
+
+    def _process_info(self, pids: list[int]) -> dict[int, dict[str, float]]:
+        """``process_info(pids)``, remembered for PROCESS_INFO_TTL (same pids)."""
+        now = self.reactor.now
+        wanted = frozenset(pids)
+        cached = self._procs
+        if cached is not None and cached[1] == wanted and now - cached[0] < PROCESS_INFO_TTL:
+            return cached[2]
+        info = process_info(pids)
+        self._procs = (now, wanted, info)
+        return info
 
     def detach(self) -> None:
         """Close the sockets without touching the (shared) selector: after fork."""

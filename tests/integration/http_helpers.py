@@ -80,8 +80,11 @@ def upstream_toml(name: str, spec: list[str] | dict[str, object]) -> str:
 def http_config_text(*, admin_port: int, pidfile: Path, listeners: list[ListenerSpec],
                      upstreams: dict[str, list[str] | dict[str, object]], access: str = "off",
                      fmt: str = "combined", workers: int = 1,
-                     server: dict[str, object] | None = None) -> str:
+                     server: dict[str, object] | None = None,
+                     admin: dict[str, object] | None = None) -> str:
     extra = "".join(f"{key} = {_toml_value(value)}\n" for key, value in (server or {}).items())
+    admin_extra = "".join(f"{key} = {_toml_value(value)}\n"
+                          for key, value in (admin or {}).items())
     head = textwrap.dedent(f"""\
         [server]
         workers = {workers}
@@ -96,8 +99,7 @@ def http_config_text(*, admin_port: int, pidfile: Path, listeners: list[Listener
 
         [admin]
         listen = "{HOST}:{admin_port}"
-
-        """)
+        """) + admin_extra + "\n"
     return (head + "\n".join(l.toml() for l in listeners) + "\n"
             + "\n".join(upstream_toml(n, s) for n, s in upstreams.items()))
 
@@ -167,7 +169,8 @@ class HttpProxyRunner(MasterRunner[HttpProxy]):
               access: bool = False, fmt: str = "combined", workers: int = 1,
               upstream: str | None = None,
               listener: dict[str, object] | None = None,
-              server: dict[str, object] | None = None) -> HttpProxy:
+              server: dict[str, object] | None = None,
+              admin: dict[str, object] | None = None) -> HttpProxy:
         n = len(self.started)
         admin_port = free_port()
         pidfile = self.workdir / f"http-{n}.pid"
@@ -181,7 +184,7 @@ class HttpProxyRunner(MasterRunner[HttpProxy]):
         config_path.write_text(http_config_text(
             admin_port=admin_port, pidfile=pidfile, listeners=listeners, upstreams=upstreams,
             access=str(access_path) if access_path else "off", fmt=fmt, workers=workers,
-            server=server))
+            server=server, admin=admin))
         return self.launch(HttpProxy, config_path, pidfile, admin_port,
                            {spec.name: spec.port for spec in listeners},
                            access_log=access_path, error_log=self.workdir / f"http-{n}.log",

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import stat
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import TIMEOUT, wait_until
+from tests.conftest import HOST, TIMEOUT, wait_until
 from tests.integration.http_helpers import HttpProxyRunner
 
 # The master with a HUP to itself right after the pidfile is written.
@@ -106,5 +107,36 @@ def test_workers_raise_their_descriptor_limit_for_max_connections(tmp_path: Path
         wait_until(lambda: "descriptor limit 2000 holds" in pinned.log_text(), TIMEOUT,
                    "the warning")
         pinned.assert_healthy()
+    finally:
+        runner.stop_all()
+
+
+def admin_get(proxy, path: str, source: str) -> bytes:
+    """What the admin endpoint sends to ``source`` for ``GET path`` (b"": closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.bind((source, 0))
+        got = bytearray()
+        try:
+            sock.connect((HOST, proxy.admin_port))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+            while chunk := sock.recv(65536):
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        return bytes(got)
+
+
+def test_the_admin_endpoint_serves_only_admin_allow(tmp_path: Path, backend_factory) -> None:
+    runner = HttpProxyRunner(tmp_path)
+    try:
+        proxy = runner.start({"app": [backend_factory().address]},
+                             admin={"allow": ["127.0.0.1/32"]})   # the harness reads /stats
+        assert admin_get(proxy, "/healthz", "127.0.0.2") == b""
+        assert admin_get(proxy, "/metrics", "127.0.0.3") == b""
+        assert admin_get(proxy, "/healthz", "127.0.0.1").startswith(b"HTTP/1.1 200 ")
+        # a burst of /metrics is answered (the process figures: one read per second)
+        for _ in range(20):
+            assert b"fastproxy_worker_open_fds" in admin_get(proxy, "/metrics", "127.0.0.1")
     finally:
         runner.stop_all()
