@@ -19,6 +19,7 @@ from fastproxy.relay import PipePool
 from fastproxy.resolver import Resolver
 from fastproxy.stats.shm import C, Segment, SlotView
 from fastproxy.upstream.parents import all_upstreams
+from fastproxy.upstream.pool import TOTAL_DEFAULT as IDLE_TOTAL
 from fastproxy.upstream.pool import IdlePool
 from fastproxy.upstream.runtime import UpstreamRuntime
 
@@ -50,7 +51,7 @@ class WorkerContext:
         self.slot: SlotView = segment.slot_view(stats_index)
         self.c = self.slot.c
         self.pool = PipePool(pipe_cap, pipe_size, self.c)
-        self.idle = IdlePool(reactor)
+        self.idle = IdlePool(reactor, min(IDLE_TOTAL, config.server.max_connections))
         self.resolver: Resolver | None = None  # made by the first forward listener
         self.access = AccessLog(config.log)
         self.sessions: set[Session] = set()

@@ -9,9 +9,13 @@ Rules:
    pooled connection has nothing legitimate to say, so any readiness (EOF,
    a reset, stray bytes) means it cannot carry another request and it is
    closed at once instead of failing the next request that would take it.
-3. *Bounded.* At most ``limit`` idle connections per upstream (the
-   ``keepalive`` setting, like nginx's), and none older than
-   ``IDLE_SECONDS``; the worker's sweep calls ``expire(now)``.
+3. *Bounded twice.* At most ``limit`` idle connections per upstream (the
+   ``keepalive`` setting, like nginx's; a forward proxy's destinations are
+   upstreams too), and at most ``total`` in the whole worker, however many
+   upstreams there are: a full pool closes its oldest connection (of that
+   upstream, else of all) to keep a new one. None is older than
+   ``IDLE_SECONDS``; the worker's sweep calls ``expire(now)``. The pool's
+   own tables shrink with it: a key with no idle connection has no entry.
 
 ``take()`` hands over a socket that is still registered with the reactor
 (for the pool's watch callback): the new owner must ``modify`` its
@@ -21,15 +25,15 @@ registration, not add one.
 from __future__ import annotations
 
 import socket
-from collections import deque
 from dataclasses import dataclass
 
 from fastproxy.reactor import EVENT_READ, Reactor
 
 IDLE_SECONDS = 60.0
+TOTAL_DEFAULT = 1024
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)   # identity: an entry is a key of the ordered tables below
 class _Idle:
     sock: socket.socket
     fd: int
@@ -38,80 +42,89 @@ class _Idle:
 
 
 class IdlePool:
-    """Methods for the caller: ``take(key)``, ``put(key, sock, limit)``,
+    """Methods for the caller: ``take(key)``, ``put(key, sock, limit, registered)``,
     ``expire(now)``, ``close()``; ``size`` counts idle connections."""
 
-    def __init__(self, reactor: Reactor) -> None:
+    def __init__(self, reactor: Reactor, total: int = TOTAL_DEFAULT) -> None:
         self.reactor = reactor
-        self._by_key: dict[tuple[str, int], deque[_Idle]] = {}
-        self._per_upstream: dict[str, int] = {}
-        self.size = 0
+        self.total = total
+        self._by_key: dict[tuple[str, int], list[_Idle]] = {}          # oldest first
+        self._by_upstream: dict[str, dict[_Idle, None]] = {}            # oldest first
+        self._all: dict[_Idle, None] = {}                               # oldest first
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
 
     def take(self, key: tuple[str, int]) -> socket.socket | None:
         """The most recent idle connection to ``key``, still registered."""
         idle = self._by_key.get(key)
         if not idle:
             return None
-        entry = idle.pop()
+        entry = idle[-1]
         self._forget(entry)
         return entry.sock
 
     def put(self, key: tuple[str, int], sock: socket.socket, limit: int, registered: bool) -> None:
         """Keep ``sock`` for reuse (or close it when the upstream's pool is full)."""
-        if limit <= 0:
+        if limit <= 0 or self.total <= 0:
             self._close(sock, registered)
             return
-        if self._per_upstream.get(key[0], 0) >= limit:
-            self._evict_oldest(key[0])
+        same = self._by_upstream.get(key[0])
+        if same is not None and len(same) >= limit:
+            self._drop(next(iter(same)))
+        elif len(self._all) >= self.total:
+            self._drop(next(iter(self._all)))
         entry = _Idle(sock, sock.fileno(), key, self.reactor.now)
         callback = lambda _mask, e=entry: self._on_idle_event(e)  # noqa: E731
         if registered:
             self.reactor.modify(entry.fd, EVENT_READ, callback)
         else:
             self.reactor.register(entry.fd, EVENT_READ, callback)
-        self._by_key.setdefault(key, deque()).append(entry)
-        self._per_upstream[key[0]] = self._per_upstream.get(key[0], 0) + 1
-        self.size += 1
+        self._by_key.setdefault(key, []).append(entry)
+        self._by_upstream.setdefault(key[0], {})[entry] = None
+        self._all[entry] = None
 
     def expire(self, now: float) -> None:
-        for queue in list(self._by_key.values()):
-            while queue and now - queue[0].since >= IDLE_SECONDS:
-                entry = queue.popleft()
-                self._forget(entry)
-                self._close(entry.sock, True)
+        while self._all:
+            oldest = next(iter(self._all))
+            if now - oldest.since < IDLE_SECONDS:
+                return
+            self._drop(oldest)
 
     def close(self) -> None:
-        for queue in self._by_key.values():
-            for entry in queue:
-                self.reactor.forget(entry.fd)
-                entry.sock.close()
+        for entry in self._all:
+            self.reactor.forget(entry.fd)
+            entry.sock.close()
         self._by_key.clear()
-        self._per_upstream.clear()
-        self.size = 0
+        self._by_upstream.clear()
+        self._all.clear()
 
     # -- internals ---------------------------------------------------------------
     def _on_idle_event(self, entry: _Idle) -> None:
         """The server closed (or spoke on) an idle connection: drop it."""
-        queue = self._by_key.get(entry.key)
-        if queue is None or entry not in queue:
-            return  # taken earlier in this pass: its new owner sees the event
-        queue.remove(entry)
+        if entry in self._all:  # else taken earlier in this pass: its new owner sees the event
+            self._drop(entry)
+
+    def _drop(self, entry: _Idle) -> None:
         self._forget(entry)
         self._close(entry.sock, True)
 
     def _forget(self, entry: _Idle) -> None:
-        self._per_upstream[entry.key[0]] -= 1
-        self.size -= 1
-
-    def _evict_oldest(self, upstream: str) -> None:
-        oldest: _Idle | None = None
-        for (name, _), queue in self._by_key.items():
-            if name == upstream and queue and (oldest is None or queue[0].since < oldest.since):
-                oldest = queue[0]
-        if oldest is not None:
-            self._by_key[oldest.key].popleft()
-            self._forget(oldest)
-            self._close(oldest.sock, True)
+        del self._all[entry]
+        same = self._by_upstream[entry.key[0]]
+        del same[entry]
+        if not same:
+            del self._by_upstream[entry.key[0]]
+        queue = self._by_key[entry.key]
+        if queue[-1] is entry:      # take(): the newest
+            queue.pop()
+        elif queue[0] is entry:     # expiry and eviction: the oldest
+            del queue[0]
+        else:                       # the server closed one in between
+            queue.remove(entry)
+        if not queue:
+            del self._by_key[entry.key]
 
     def _close(self, sock: socket.socket, registered: bool) -> None:
         if registered:
