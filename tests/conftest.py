@@ -25,6 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fastproxy.reactor import Reactor
+
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +144,14 @@ def name_handler(name: str) -> Callable[[socket.socket, Backend], None]:
     def handler(conn: socket.socket, backend: Backend) -> None:
         conn.sendall(name.encode())
     return handler
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    """A fresh event loop, closed after the test."""
+    r = Reactor()
+    yield r
+    r.close()
 
 
 @pytest.fixture

@@ -76,13 +76,6 @@ class FakeDNS:
 
 
 @pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    r = Reactor()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def counters() -> memoryview:
     return memoryview(bytearray(8 * len(COUNTERS))).cast("Q")
 

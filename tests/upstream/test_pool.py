@@ -7,15 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastproxy.reactor import Reactor
 from fastproxy.upstream.pool import IDLE_SECONDS, IdlePool
-
-
-@pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    r = Reactor()
-    yield r
-    r.close()
 
 
 @pytest.fixture
