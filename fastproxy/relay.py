@@ -81,7 +81,8 @@ class Pipe:
 class PipePool:
     """A per-worker stock of empty pipes, at most ``cap`` in existence.
 
-    ``get()`` returns a pooled pipe, a new one while under the cap, or None.
+    ``get()`` returns a pooled pipe, a new one while under the cap, or None
+    (also when no pipe can be made: out of descriptors, the caller copies).
     ``put()`` takes back an *empty* pipe; ``discard()`` closes one that may
     still hold bytes. ``close()`` closes the pooled ones (in-use pipes are
     owned by their halves until they are put back or discarded).
@@ -103,7 +104,10 @@ class PipePool:
             return pipe
         if self.existing >= self.cap:
             return None
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # EMFILE/ENFILE: the caller copies instead (bytes_copied_no_pipe)
+            return None
         try:
             capacity = fcntl.fcntl(w, F_SETPIPE_SZ, self.size)
         except OSError:  # EPERM past the per-user budget: keep the default

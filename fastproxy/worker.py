@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from fastproxy.acl import AddressSet
 from fastproxy.config import Config, Listener, ServerSection
-from fastproxy.context import ModeHandler, WorkerContext
+from fastproxy.context import ModeHandler, Session, WorkerContext
 from fastproxy.log import setup_error_log
 from fastproxy.modes.forward import ForwardMode
 from fastproxy.modes.preamble import Preamble
@@ -345,11 +345,28 @@ class Worker:
         self.reactor.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
 
     def _sweep(self) -> None:
+        """Timeouts of every session, then idle-pool expiry; re-armed first, so
+        that nothing a session raises (EMFILE from a retry's socket(), a bug)
+        ends the timeouts of the whole worker: that session is aborted, the
+        sweep goes on."""
+        self.reactor.call_later(SWEEP_INTERVAL, self._sweep)
         now = self.reactor.now
         for session in list(self.ctx.sessions):
-            session.check_timeouts(now)
+            try:
+                session.check_timeouts(now)
+            except Exception:
+                log.exception("timeout check failed; the session is closed")
+                self.ctx.c[C.internal_errors] += 1
+                self._abort_quietly(session)
         self.ctx.idle.expire(now)
-        self.reactor.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _abort_quietly(self, session: Session) -> None:
+        try:
+            session.abort()
+        except Exception:
+            log.exception("closing a failed session failed")
+        if session in self.ctx.sessions:  # it could not say so itself
+            self.ctx.session_closed(session)
 
     def _flush_logs(self) -> None:
         self.ctx.access.flush()
