@@ -53,6 +53,7 @@ class WorkerContext:
         self.pool = PipePool(pipe_cap, pipe_size, self.c)
         self.idle = IdlePool(reactor, min(IDLE_TOTAL, config.server.max_connections))
         self.resolver: Resolver | None = None  # made by the first forward listener
+        self.hasher: Resolver | None = None    # credential checks (forward listeners with users)
         self.access = AccessLog(config.log)
         self.sessions: set[Session] = set()
         self._on_session_end = on_session_end
@@ -76,7 +77,8 @@ class WorkerContext:
     def close(self) -> None:
         """Release what the context owns (at worker exit)."""
         self.idle.close()
-        if self.resolver is not None:
-            self.resolver.close()
+        for pool in (self.resolver, self.hasher):
+            if pool is not None:
+                pool.close()
         self.pool.close()
         self.access.close()

@@ -57,6 +57,10 @@ if TYPE_CHECKING:
     from fastproxy.modes.client import ClientConnection
 
 KEEPALIVE_PER_DESTINATION = 32
+HASH_THREADS = 2
+CHECKS_PENDING = 64          # distinct credentials being hashed at once, per worker
+FAILURES_PER_WINDOW = 10     # failed credential checks per client ...
+FAILURE_WINDOW = 60.0        # ... per minute; then its new tokens are refused unhashed
 _CACHE_MAX = 10_000   # per-worker caches of literal destinations, verdicts and peers
 _CONNECTED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _IDENTIFYING = frozenset((b"via", b"x-forwarded-for", b"forwarded", b"x-real-ip"))
@@ -111,12 +115,13 @@ class Admission(Step):
     """Client address, credentials, request form, CONNECT port (module docstring, 1)."""
 
     def __init__(self, forward: Forward, policy: Policy, auth: Authenticator,
-                 resolver: Resolver, name: bytes) -> None:
+                 hasher: Resolver | None, name: bytes) -> None:
         self.name = name   # our pseudonym: a Via naming it means the request looped
         self.policy = policy
         self.auth = auth
-        self.resolver = resolver
+        self.hasher = hasher   # threads of their own: a flood of tokens never delays DNS
         self._checking: dict[bytes, list[tuple[ClientConnection, Exchange]]] = {}
+        self._failed: dict[str, tuple[int, float]] = {}   # client -> (failures, window start)
         self._clients: dict[str, bool] = {}  # the policy is fixed for a worker: cached
 
     def request_filter(self, conn: ClientConnection, ex: Exchange) -> Answer | Pending | None:
@@ -134,8 +139,13 @@ class Admission(Step):
         if auth.required:
             found = auth.cached(ex.request.get(b"proxy-authorization"))
             if isinstance(found, PendingCheck):
-                self._check(found, conn, ex)
-                return PENDING
+                if self._throttled(conn.client_ip, conn.reactor.now):
+                    found = None   # too many failures from this client: no more hashing
+                elif found.key not in self._checking and len(self._checking) >= CHECKS_PENDING:
+                    return conn.mode.error(503, "credential checks busy")
+                else:
+                    self._check(found, conn, ex)
+                    return PENDING
             if found is None:
                 c[C.auth_failures] += 1
                 return conn.mode.error(407, "proxy authentication required", auth.challenge())
@@ -159,13 +169,27 @@ class Admission(Step):
             waiting.append((conn, ex))
             return
         self._checking[pending.key] = [(conn, ex)]
-        self.resolver.run_blocking(functools.partial(self.auth.verify, pending),
-                                   functools.partial(self._checked, pending))
+        assert self.hasher is not None
+        conn.c[C.auth_checks] += 1
+        self.hasher.run_blocking(functools.partial(self.auth.verify, pending),
+                                 functools.partial(self._checked, pending))
 
     def _checked(self, pending: PendingCheck, user: str | None) -> None:
         self.auth.remember(pending, user)
         for conn, ex in self._checking.pop(pending.key, []):
+            if user is None:
+                self._failure(conn.client_ip, conn.reactor.now)
             conn.resume(ex)
+
+    def _throttled(self, client: str, now: float) -> bool:
+        count, since = self._failed.get(client, (0, now))
+        return count >= FAILURES_PER_WINDOW and now - since < FAILURE_WINDOW
+
+    def _failure(self, client: str, now: float) -> None:
+        count, since = self._failed.get(client, (0, now))
+        if now - since >= FAILURE_WINDOW:
+            count, since = 0, now
+        _remember(self._failed, client, (count + 1, since))
 
 
 def deny(conn: ClientConnection, counter: int, reason: str) -> Answer:
@@ -378,11 +402,13 @@ class ForwardMode(HttpMode):
         forward = ctx.config.forward
         if ctx.resolver is None:
             ctx.resolver = Resolver(ctx.reactor, forward.dns_cache_ttl, counters=ctx.c)
+        auth = Authenticator.from_config(forward)
+        if auth.required and ctx.hasher is None:
+            ctx.hasher = Resolver(ctx.reactor, 0.0, threads=HASH_THREADS)
         policy = Policy.from_config(forward)
         parents = parent_proxies(forward)
         steps: list[Step] = [
-            Admission(forward, policy, Authenticator.from_config(forward), ctx.resolver,
-                      pseudonym(ctx.config)),
+            Admission(forward, policy, auth, ctx.hasher, pseudonym(ctx.config)),
             MaxForwards(),
             DestinationStep(ctx, forward, policy, ctx.resolver, parents),
             Tunnel(), Anonymity(forward.anonymity, pseudonym(ctx.config))]

@@ -77,7 +77,7 @@ COUNTERS = ("conn_accepted", "conn_active", "conn_closed", "requests",
             "pipes_created", "pipes_pooled",
             "proxy_protocol_errors", "forward_requests", "tunnels", "denied", "auth_failures",
             "dns_lookups", "dns_cache_hits", "dns_failures",
-            "denied_client", "denied_port", "denied_destination")
+            "denied_client", "denied_port", "denied_destination", "auth_checks")
 GAUGES = frozenset({"conn_active", "pipes_pooled"})
 HISTS = ("request_seconds", "session_seconds", "upstream_connect_seconds")
 HIST_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -99,7 +99,7 @@ HIST_STRIDE = N_BUCKETS + 2                 # buckets, count, sum (f64)
 GEN_RING = 8
 
 MAGIC = b"FPXSTAT1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_SIZE = 4096
 SERVER_NAME_SIZE = 96
 SERVER_ENTRY_SIZE = SERVER_NAME_SIZE + 5 * 8

@@ -1,0 +1,84 @@
+"""A flood of bogus Proxy-Authorization tokens against a forward proxy with users.
+
+Each distinct token costs a 600,000-round PBKDF2 on the worker's credential
+threads (apart from DNS). After ``FAILURES_PER_WINDOW`` failed checks in a
+minute a client's new tokens are refused without hashing (``auth_checks``
+stops growing), while a valid user elsewhere is served and names still
+resolve. Distinct checks in flight are bounded (CHECKS_PENDING, then 503).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from fastproxy.acl import Authenticator, Policy
+from fastproxy.config import Forward
+from fastproxy.http import Request
+from fastproxy.modes.exchange import Answer
+from fastproxy.modes.forward import CHECKS_PENDING, FAILURES_PER_WINDOW, Admission
+from fastproxy.modes.phases import PENDING
+from fastproxy.stats.shm import N_COUNTERS
+from tests.integration.forward_helpers import (
+    PeerBackend,
+    SourceClient,
+    basic,
+    passwd_line,
+    proxy_get,
+)
+
+FLOODER = "127.0.0.2"
+
+
+def test_bogus_tokens_are_throttled_per_client(fresh, tmp_path: Path) -> None:
+    app = PeerBackend("app")
+    try:
+        _, alice = passwd_line("alice", "right", tmp_path)
+        proxy = fresh({"users": {"alice": alice}})
+        url = f"http://{app.address}/x"
+        for i in range(FAILURES_PER_WINDOW + 5):
+            with SourceClient(proxy.port, FLOODER) as client:
+                resp = client.request("GET", url, host=app.address,
+                                      headers=[("Proxy-Authorization", basic("mallory", f"g{i}"))])
+            assert resp.status == 407, resp
+        totals = proxy.totals()
+        assert totals["auth_checks"] == FAILURES_PER_WINDOW   # the last five were not hashed
+        assert totals["auth_failures"] == FAILURES_PER_WINDOW + 5
+        # another client, with the right password, by name (the resolver answers)
+        valid = [("Proxy-Authorization", basic("alice", "right"))]
+        resp = proxy_get(proxy.port, f"http://localhost:{app.port}/ok", headers=valid)
+        assert resp.status == 200, resp
+        # valid credentials checked once (cached) pass even from the throttled client:
+        # the throttle only stops new hashing
+        with SourceClient(proxy.port, FLOODER) as client:
+            resp = client.request("GET", url, host=app.address, headers=valid)
+        assert resp.status == 200   # cached by alice's check: no hashing needed
+        assert proxy.totals()["auth_checks"] == FAILURES_PER_WINDOW + 1
+        assert proxy.totals()["internal_errors"] == 0
+    finally:
+        app.close()
+
+
+def test_distinct_checks_in_flight_are_bounded() -> None:
+    """Without sockets: the 65th distinct token waiting for its hash is 503, not queued."""
+    forward = Forward(users={"alice": "pbkdf2_sha256$600000$c2FsdA==$"
+                                      "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+    started: list[object] = []
+    hasher = SimpleNamespace(run_blocking=lambda work, done: started.append(work))
+    admission = Admission(forward, Policy.from_config(forward),
+                          Authenticator.from_config(forward), hasher, b"proxy-1")
+    mode = SimpleNamespace(error=lambda status, detail, extra=b"": Answer(status, b""))
+    conn = SimpleNamespace(c=[0] * N_COUNTERS, client_ip="127.0.0.1", mode=mode,
+                           reactor=SimpleNamespace(now=0.0))
+
+    def attempt(i: int) -> object:
+        token = basic("mallory", f"guess-{i}").encode()
+        request = Request(b"GET", b"http://192.0.2.1/", ((b"Host", b"192.0.2.1"),
+                                                        (b"Proxy-Authorization", token)))
+        return admission.request_filter(conn, SimpleNamespace(request=request))
+
+    assert all(attempt(i) is PENDING for i in range(CHECKS_PENDING))
+    busy = attempt(CHECKS_PENDING)
+    assert isinstance(busy, Answer) and busy.status == 503
+    assert attempt(0) is PENDING            # the same token joins its check in flight
+    assert len(started) == CHECKS_PENDING
