@@ -28,6 +28,7 @@ class Session(Protocol):
     """What the worker asks of every open session."""
 
     def abort(self) -> None: ...
+    def drain(self) -> None: ...
     def check_timeouts(self, now: float) -> None: ...
 
 
@@ -54,6 +55,7 @@ class WorkerContext:
         self.idle = IdlePool(reactor, min(IDLE_TOTAL, config.server.max_connections))
         self.resolver: Resolver | None = None  # made by the first forward listener
         self.hasher: Resolver | None = None    # credential checks (forward listeners with users)
+        self.draining = False                  # no new keep-alive: the worker is leaving
         self.access = AccessLog(config.log)
         self.sessions: set[Session] = set()
         self._on_session_end = on_session_end

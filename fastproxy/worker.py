@@ -311,7 +311,7 @@ class Worker:
     def drain(self) -> None:
         if self.draining:
             return
-        self.draining = True
+        self.draining = self.ctx.draining = True
         self.ctx.slot.set_state(SlotState.DRAINING)
         for acceptor in self.acceptors:
             # Take what the kernel already queued for this slot before closing.
@@ -319,6 +319,12 @@ class Worker:
                 pass
             acceptor.close()
         self.reactor.call_later(self.spec.config.server.graceful_timeout, self.stop_now)
+        for session in list(self.ctx.sessions):
+            try:
+                session.drain()
+            except Exception:
+                log.exception("draining a session failed; the session is closed")
+                self._abort_quietly(session)
         if not self.ctx.sessions:
             self.reactor.stop()
 

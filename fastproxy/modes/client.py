@@ -199,8 +199,7 @@ class ClientConnection:
                 if type(event) is ConnectionClosed:
                     self.mode.lifecycle.close_when_flushed(self)
                 break
-            # Only bytes at hand (or an EOF) can make progress: a pump's
-            # other work is done by the action that precedes it.
+            # only bytes at hand (or an EOF) can make progress; actions pump the rest
             progress = False
             state = ex.state
             if state is X.SENDING and parser.state is not _DONE and (parser.buffer or self.eof):
@@ -391,7 +390,7 @@ class ClientConnection:
         self.count_status(answer.status)
         self.mode.ended(self, ex)
         self.ex = None
-        close = answer.close
+        close = answer.close or self.ctx.draining
         if not close:  # keep the connection only if the request had no body to skip
             kind = ex.body_kind
             if kind is BodyKind.NONE or (kind is BodyKind.LENGTH and not ex.content_length):
@@ -408,9 +407,6 @@ class ClientConnection:
 
     def _release(self, ex: Exchange) -> None:
         self.abort()
-
-    def _nothing(self, ex: Exchange) -> None:
-        """The table's NONE."""
 
     def release_exchange(self, reset: bool) -> None:
         """Stop whatever the exchange had under way upstream."""
@@ -481,12 +477,16 @@ class ClientConnection:
         """Close both sides at once with a reset (errors, fast shutdown, drain deadline)."""
         self.mode.lifecycle.abort(self)
 
+    def drain(self) -> None:
+        """The worker drains (reload, QUIT): see ``Lifecycle.drain``."""
+        self.mode.lifecycle.drain(self)
+
     def closed(self) -> None:
         self.ctx.session_closed(self)
 
 
 _ACTIONS: dict[Action, Callable[[ClientConnection, Exchange], None]] = {
-    Action.NONE: ClientConnection._nothing,
+    Action.NONE: lambda conn, ex: None,
     Action.FILTER_REQUEST: ClientConnection._filter_request,
     Action.CHOOSE_PEER: ClientConnection._choose_peer,
     Action.CONNECT: ClientConnection._connect,

@@ -160,7 +160,7 @@ class HttpMode:
         assert response is not None
         if kind is BodyKind.CHUNKED and request.version == b"1.0":
             kind = BodyKind.CLOSE  # no chunked towards HTTP/1.0 (RFC 9112 §6.1): until close
-        keep = request.keep_alive and kind is not BodyKind.CLOSE
+        keep = request.keep_alive and kind is not BodyKind.CLOSE and not conn.ctx.draining
         ex.keep_alive = keep
         ex.chunked_out = kind is BodyKind.CHUNKED
         if ex.hooks.response_filter:  # steps may add per-exchange lines: build it every time

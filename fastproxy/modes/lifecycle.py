@@ -129,6 +129,15 @@ class Lifecycle:
         conn.mode.ended(conn, ex)
         self.close_when_flushed(conn)
 
+    def drain(self, conn: ClientConnection) -> None:
+        """The worker drains (reload, QUIT): an idle keep-alive connection is
+        closed at once with a FIN; one with an exchange under way gets
+        ``Connection: close`` on its response (if the head has not left yet,
+        ``HttpMode.response_head``) and is closed after it."""
+        if conn.state is Conn.OPEN and conn.ex is None and not conn.out \
+                and not conn.parser.buffer:
+            self.close_now(conn)
+
     # -- closing -----------------------------------------------------------------------
     def close_when_flushed(self, conn: ClientConnection) -> None:
         conn.state = Conn.CLOSING

@@ -81,6 +81,9 @@ class Preamble:
             self.ctx.c[C.proxy_protocol_errors] += 1
             self._close()
 
+    def drain(self) -> None:
+        """The worker drains: the header still decides where the connection goes."""
+
     def abort(self) -> None:
         self._close()
 

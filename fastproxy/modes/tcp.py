@@ -121,6 +121,9 @@ class TcpSession:
             ctx.access.tcp_session(self.addr[0], self.mode.listener.name, status, sent,
                                    received, upstream, duration)
 
+    def drain(self) -> None:
+        """The worker drains: a TCP session runs on until it ends or the deadline."""
+
     def abort(self) -> None:
         """Close at once (fast shutdown or drain deadline)."""
         if self.relay is not None:

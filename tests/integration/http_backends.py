@@ -35,7 +35,7 @@ import json
 import random
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -296,6 +296,17 @@ def read_head(conn: socket.socket, buf: bytearray | None = None) -> tuple[bytes,
         buf += data
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
     return head, bytearray(rest)
+
+
+def heads(conn: socket.socket) -> Iterator[bytes]:
+    """The request heads a client sends on ``conn``, until it closes."""
+    buf = bytearray()
+    while True:
+        try:
+            head, buf = read_head(conn, buf)
+        except OSError:
+            return
+        yield head
 
 
 def head_field(head: bytes, name: bytes) -> bytes | None:

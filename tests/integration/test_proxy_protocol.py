@@ -14,7 +14,7 @@ import time
 
 from fastproxy.proxyproto import encode_v1, encode_v2
 from tests.conftest import HOST, TIMEOUT
-from tests.integration.http_backends import head_field, read_head
+from tests.integration.http_backends import head_field, heads
 from tests.integration.http_helpers import HttpProxy
 
 BALANCER = "127.0.0.2"
@@ -23,12 +23,7 @@ GET = b"GET /who HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"
 
 def forwarded_for_handler(conn: socket.socket, backend: object) -> None:
     """Answer each request with the X-Forwarded-For it carried."""
-    buf = bytearray()
-    while True:
-        try:
-            head, buf = read_head(conn, buf)
-        except OSError:
-            return
+    for head in heads(conn):
         chain = head_field(head, b"x-forwarded-for") or b"-"
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(chain), chain))
 
