@@ -1,14 +1,17 @@
 """A worker out of descriptors: its timeout sweep survives a session that
 raises (EMFILE from a retry's socket(), a bug): that session is closed, the
 others are still checked, and the sweep is armed again (it used to stop for
-good); a splice pipe that cannot be made means copying, not a reset."""
+good); a splice pipe that cannot be made means copying, not a reset; an
+upstream socket that cannot be made fails the attempt, not the worker."""
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 from types import SimpleNamespace
 
+from fastproxy.modes.dialer import Dialer
 from fastproxy.reactor import Reactor
 from fastproxy.relay import PipePool
 from fastproxy.stats.shm import N_COUNTERS, C
@@ -62,3 +65,24 @@ def test_a_pipe_that_cannot_be_made_means_copying(monkeypatch) -> None:
     pool = PipePool(4, 65536)
     monkeypatch.setattr(os, "pipe2", no_more_files)
     assert pool.get() is None and pool.existing == 0
+
+
+def test_a_socket_that_cannot_be_made_fails_the_attempt(monkeypatch, reactor: Reactor) -> None:
+    """socket() raising EMFILE used to escape the dialer (from the sweep, a
+    traceback; from an event, an aborted client). Now every candidate fails
+    in turn and the owner hears ``on_failed`` (a 502), the servers unmarked."""
+    def no_more_files(*args: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    failures: list[int] = []
+    peer = SimpleNamespace(retries=1, sockaddrs=[(("127.0.0.1", 9), 2), (("127.0.0.1", 9), 2)],
+                           record_failure=failures.append)
+    counters = [0] * N_COUNTERS
+    outcome: list[bool] = []
+    dialer = Dialer(reactor, SimpleNamespace(c=counters), peer, [0, 1],  # type: ignore[arg-type]
+                    lambda *a: outcome.append(True), lambda timed_out: outcome.append(False))
+    monkeypatch.setattr(socket, "socket", no_more_files)
+    dialer.next()
+    assert outcome == [False]
+    assert counters[C.upstream_connect_errors] == 2 and counters[C.upstream_retries] == 1
+    assert failures == []

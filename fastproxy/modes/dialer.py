@@ -92,7 +92,12 @@ class Dialer:
                 self.on_connected(sock, server, EVENT_READ, True)
                 return
         sockaddr, family = self.peer.sockaddrs[server]
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError:  # EMFILE, ENFILE, ENOBUFS: ours, not the server's fault
+            self.slot.c[C.upstream_connect_errors] += 1
+            self.next()
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.bind is not None:
@@ -100,7 +105,8 @@ class Dialer:
             err = sock.connect_ex(sockaddr)
         except OSError:
             sock.close()
-            raise
+            self._failed(C.upstream_connect_errors)
+            return
         if err in _IN_PROGRESS:
             self.sock = sock
             self.reactor.register(sock.fileno(), EVENT_WRITE, self._on_event)
