@@ -3,11 +3,15 @@
 The engine with the forward proxy's steps:
 
 1. ``Admission`` (request filter), in this order: the client address
-   (``allow_clients``), credentials (``users``: 407 with a challenge; a new
-   token is hashed in a thread while the exchange waits), the request form
-   (absolute-form ``http://`` or CONNECT; anything else is 400), the CONNECT
-   port (``connect_ports``). Every refusal is a 403 with a short reason and
-   is counted (``denied`` by reason, ``auth_failures``).
+   (``allow_clients``), loops (a Via naming ``server.name``: 403), credentials
+   (``users``: 407 with a challenge; a new token is hashed on the worker's
+   credential threads while the exchange waits: identical tokens share one
+   check, at most CHECKS_PENDING are in flight (then 503), and a client past
+   FAILURES_PER_WINDOW failures a minute gets 407 without hashing), the
+   request form (absolute-form ``http://`` or CONNECT; anything else is 400),
+   the port (``connect_ports`` for CONNECT, ``http_ports`` for plain HTTP).
+   Every refusal is a 403 with a short reason and is counted (``denied`` by
+   reason, ``auth_failures``).
 2. ``Destination`` (upstream peer): the parent proxies when configured;
    otherwise the destination's addresses, resolved without blocking the loop
    (``resolver.Resolver``: a thread pool and a per-worker cache; IP literals
@@ -44,9 +48,9 @@ from fastproxy.config import Forward, Listener
 from fastproxy.errors import ProtocolError
 from fastproxy.http.rewrite import forwarded_for
 from fastproxy.modes.exchange import Answer, Exchange
+from fastproxy.modes.httpcommon import names_in_via, pseudonym, via
 from fastproxy.modes.httpmode import HttpMode
 from fastproxy.modes.phases import PENDING, HeadEdit, Pending, Step
-from fastproxy.modes.httpcommon import names_in_via, pseudonym, via
 from fastproxy.modes.reverse import MaxForwards, client_address
 from fastproxy.resolver import Resolver
 from fastproxy.stats.shm import C
