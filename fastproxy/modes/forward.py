@@ -65,7 +65,7 @@ HASH_THREADS = 2
 CHECKS_PENDING = 64          # distinct credentials being hashed at once, per worker
 FAILURES_PER_WINDOW = 10     # failed credential checks per client ...
 FAILURE_WINDOW = 60.0        # ... per minute; then its new tokens are refused unhashed
-_CACHE_MAX = 10_000   # per-worker caches of literal destinations, verdicts and peers
+_CACHE_MAX = 10_000   # per-worker caches: literal destinations, decisions, peers
 _CONNECTED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _IDENTIFYING = frozenset((b"via", b"x-forwarded-for", b"forwarded", b"x-real-ip"))
 
@@ -229,7 +229,6 @@ class DestinationStep(Step):
         self.rotation = forward.rotation
         self._next_source = 0
         self._literals: dict[tuple[str, int], list[tuple[int, Any]] | None] = {}
-        self._verdicts: dict[tuple[str, str], str | None] = {}
         self._peers: dict[tuple[str, tuple[Any, ...], str | None], Destination] = {}
         # (host, port, addresses, egress) -> the peer, or the refusal reason
         self._decided: dict[tuple[Any, ...], Destination | str] = {}
@@ -288,11 +287,12 @@ class DestinationStep(Step):
         allowed: list[tuple[int, Any]] = []
         refusal = "destination not allowed"
         for family, sockaddr in addresses:
-            reason = self.verdict(sockaddr[0], target.host)
-            if reason is None:
-                allowed.append((family, sockaddr))
+            try:
+                self.policy.check_address(sockaddr[0], target.host)
+            except Denied as exc:
+                refusal = exc.reason
             else:
-                refusal = reason
+                allowed.append((family, sockaddr))
         if not allowed:
             return refusal
         name = f"{target.host}:{target.port}"
@@ -313,19 +313,6 @@ class DestinationStep(Step):
                 (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (str(ip), port))]
             _remember(self._literals, key, found)
         return found  # type: ignore[return-value]
-
-    def verdict(self, ip: str, host: str) -> str | None:
-        """The guard's refusal reason for ``ip`` (for ``host``), or None when
-        allowed; the policy is fixed for a worker, so cached."""
-        key = (ip, host)
-        if key not in self._verdicts:
-            try:
-                self.policy.check_address(ip, host)
-                reason = None
-            except Denied as exc:
-                reason = exc.reason
-            _remember(self._verdicts, key, reason)
-        return self._verdicts[key]
 
     def source_for(self, client_ip: str) -> str | None:
         """The egress address for a new connection, per ``rotation``."""

@@ -73,7 +73,7 @@ def test_distinct_checks_in_flight_are_bounded() -> None:
 
     def attempt(i: int) -> object:
         token = basic("mallory", f"guess-{i}").encode()
-        request = Request(b"GET", b"http://192.0.2.1/", ((b"Host", b"192.0.2.1"),
+        request = Request(b"GET", b"http://127.0.0.1/", ((b"Host", b"127.0.0.1"),
                                                         (b"Proxy-Authorization", token)))
         return admission.request_filter(conn, SimpleNamespace(request=request))
 
