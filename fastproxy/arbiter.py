@@ -35,8 +35,10 @@ class WorkerRecord:
     stats_index: int
     status_fd: int
     started_at: float
+    holds: frozenset[str] = frozenset()   # the listen addresses whose sockets it has
     state: WorkerState = WorkerState.STARTING
     expected_exit: bool = False
+    failure: str = ""                      # why it failed to start, as it reported
 
 
 @dataclass
@@ -77,3 +79,8 @@ def surplus_workers(workers: Iterable[WorkerRecord], slots: int) -> list[WorkerR
 
 def highest_slot_in_use(workers: Iterable[WorkerRecord]) -> int:
     return max((w.slot for w in workers), default=-1)
+
+
+def held_addresses(workers: Iterable[WorkerRecord]) -> set[str]:
+    """Listen addresses some live worker still has sockets of."""
+    return {key for w in workers for key in w.holds}

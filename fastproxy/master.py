@@ -7,9 +7,10 @@ Workers are grouped in *generations*; a reload starts generation N+1 from
 the new configuration. Each worker serves one *slot*: slot ``i`` of every
 listener (see ``listeners``). The master never lets a slot go unserved:
 
-- a new worker reports ready on its status pipe; only then are the older
-  workers of its slot told to drain (QUIT), and only then is its slot in
-  the kernel's steering set;
+- a new worker reports ready on its status pipe; only then is its slot in
+  the kernel's steering set, and only once every slot of a new generation
+  is ready are the older workers told to drain (QUIT); a generation that is
+  not ready in time is rolled back (``reloading``) and the old one goes on;
 - a slot that disappears (TTOU, fewer workers after a reload) is first
   steered away from, then its worker drains what its accept queue still
   holds, then the socket is closed;
@@ -17,11 +18,13 @@ listener (see ``listeners``). The master never lets a slot go unserved:
 
 So a reload refuses and resets nothing. A reload whose config is invalid, or
 whose new listen address cannot be bound, changes nothing and reports the
-error (``fastproxy reload`` reads it from the stats header).
+error (``fastproxy reload`` reads it from the stats header). A listening
+socket the configuration no longer names is closed once no worker holds it.
 
-Size: about 590 lines, over the 500 budget: generations, reload, slot
+Size: about 690 lines, over the 500 budget: generations, reload, slot
 retirement, respawn and shutdown all act on the same worker table, and their
-decisions already live apart as pure functions in ``arbiter``.
+decisions already live apart as pure functions in ``arbiter`` and the
+reload's bookkeeping in ``reloading``.
 
 Signals are dispatched from the loop (``Reactor.handle_signals``): HUP
 reload, TERM/INT fast stop, QUIT graceful stop, USR1 reopen logs, TTIN/TTOU
@@ -45,12 +48,23 @@ from typing import TYPE_CHECKING
 
 from fastproxy import arbiter
 from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
-from fastproxy.config import Config
+from fastproxy.config import Address, Config, Listener
 from fastproxy.errors import ConfigError
 from fastproxy.files import create_new, write_replacing
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
+from fastproxy.reloading import (
+    READY_TIMEOUT,
+    START_ATTEMPTS,
+    MasterSettings,
+    PendingReload,
+    alive,
+    read_pid,
+    remove_pidfile,
+    room_problem,
+    settings_changes,
+)
 from fastproxy.stats.shm import Segment, SegmentFull, SlotState, segment_path
 from fastproxy.upstream.health import HealthChecker
 from fastproxy.upstream.parents import all_upstreams
@@ -66,8 +80,9 @@ EXIT_CONFIG = 1
 EXIT_START = 2
 STOP_KILL_AFTER = 5.0          # TERM: SIGKILL workers still alive after this
 RETIRE_DELAY = 0.25            # between steering away from a slot and draining it
-READY_TIMEOUT = 15.0
-FORK_RETRY = 1.0               # after fork() itself failed           # a reload reports failure if new workers are not ready by then
+FORK_RETRY = 1.0               # after fork() itself failed
+STATUS_READY = b"R"            # a worker's status pipe: ready, or failed to start (+ why)
+STATUS_FAILED = b"F"
 MAX_SERVERS = 256
 # Splice pipes: 1 MiB halves the syscalls per byte of 256 KiB ones (bulk
 # relay measured at 3.5 vs 2.3 GB per CPU-second, bench/RESULTS.md). A user
@@ -101,8 +116,9 @@ class Master:
         self._segment_map: mmap.mmap | None = None
         self._segment_path = ""
         self._alive_r, self._alive_w = -1, -1
-        self._pending_close: list[tuple[int, list[ListenerGroup]]] = []
-        self._reload_pending: tuple[int, float] | None = None
+        self._pending_close: list[ListenerGroup] = []   # dropped, held by old workers
+        self._reload: PendingReload | None = None
+        self._last_generation = 0
         self._server_indexes: dict[str, int] = {}
         self.health: HealthChecker | None = None
         self.admin: AdminServer | None = None
@@ -149,12 +165,8 @@ class Master:
 
     def _check_pidfile(self) -> None:
         path = self.config.server.pidfile
-        try:
-            with open(path) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return
-        if pid > 0 and pid != os.getpid() and _alive(pid):
+        pid = read_pid(path)
+        if pid > 0 and pid != os.getpid() and alive(pid):
             raise OSError(errno.EEXIST, f"already running with pid {pid} (pidfile {path})")
 
     def _write_pidfile(self) -> None:
@@ -174,14 +186,17 @@ class Master:
         self.segment = Segment.create(self._segment_map, max_slots, MAX_SERVERS, os.getpid())
 
     def _start_admin(self) -> None:
-        if self.config.admin.listen is None:
-            return
+        if self.config.admin.listen is not None:
+            self.admin = self._make_admin(self.config.admin.listen)
+
+    def _make_admin(self, address: Address) -> AdminServer:
         from fastproxy.stats.admin import AdminServer
 
         assert self.segment is not None
-        self.admin = AdminServer(self.reactor, self.config.admin.listen, self.segment,
-                                 self._has_ready_worker, self.config.admin.allow)
-        self.admin.start()
+        admin = AdminServer(self.reactor, address, self.segment, self._has_ready_worker,
+                            self.config.admin.allow)
+        admin.start()
+        return admin
 
     def _has_ready_worker(self) -> bool:
         return any(w.state is WorkerState.READY for w in self.workers.values())
@@ -191,20 +206,17 @@ class Master:
             _kill(worker.pid, signal.SIGKILL)
         if self.admin is not None:
             self.admin.close()
+        if self._reload is not None:
+            self._reload.settings.undo()
+            self.config = self._reload.previous
         self.listeners.close()
-        for _, groups in self._pending_close:
-            for group in groups:
-                group.close()
+        for group in self._pending_close:
+            group.close()
         for fd in (self._alive_r, self._alive_w):
             if fd >= 0:
                 os.close(fd)
         self._alive_r = self._alive_w = -1
-        try:
-            with open(self.config.server.pidfile) as f:
-                if int(f.read().strip() or 0) == os.getpid():
-                    os.unlink(self.config.server.pidfile)
-        except (OSError, ValueError):
-            pass
+        remove_pidfile(self.config.server.pidfile, os.getpid())
         if self._segment_path:
             try:
                 os.unlink(self._segment_path)
@@ -234,7 +246,8 @@ class Master:
 
     def _new_generation(self) -> None:
         assert self.segment is not None
-        self.generation += 1
+        self._last_generation += 1   # never reused, even by a generation rolled back
+        self.generation = self._last_generation
         self.segment.set_generation(self.generation)
         self.listeners.resize(self.slots)
         self._steer()
@@ -269,14 +282,16 @@ class Master:
                                   stats_index, status_w, self._alive_r, dict(self._server_indexes),
                                   *self._pipe_budget())
                 code = Worker(spec).run()
-            except BaseException:
+            except BaseException as exc:
                 log.exception("worker %d failed", slot)
+                _report_failure(status_w, exc)
             finally:
                 os._exit(code)
         os.close(status_w)
         os.set_blocking(status_r, False)
         self.segment.set_slot_pid(stats_index, pid)
-        record = WorkerRecord(pid, slot, self.generation, stats_index, status_r, self.reactor.now)
+        record = WorkerRecord(pid, slot, self.generation, stats_index, status_r, self.reactor.now,
+                              frozenset(str(lst.listen) for lst in self.config.listeners))
         self.workers[pid] = record
         self.reactor.register(status_r, EVENT_READ, functools.partial(self._on_status_event, record))
         log.debug("spawned worker pid %d slot %d generation %d", pid, slot, self.generation)
@@ -299,9 +314,8 @@ class Master:
         for sock in self.listeners.all_sockets():
             if sock.fileno() not in keep:
                 sock.close()
-        for _, groups in self._pending_close:
-            for group in groups:
-                group.close()
+        for group in self._pending_close:
+            group.close()
         for worker in self.workers.values():
             os.close(worker.status_fd)
         os.close(self._alive_w)
@@ -333,14 +347,19 @@ class Master:
         if record.status_fd < 0:  # reaped earlier in this pass
             return
         try:
-            data = os.read(record.status_fd, 64)
+            data = os.read(record.status_fd, 1024)
         except BlockingIOError:
             return
         if not data:
-            self.reactor.unregister(record.status_fd)
+            if self.reactor.is_registered(record.status_fd):
+                self.reactor.unregister(record.status_fd)
             return
-        if b"R" in data and record.state is WorkerState.STARTING:
-            self._worker_ready(record)
+        if data.startswith(STATUS_READY):
+            data = data[1:]
+            if record.state is WorkerState.STARTING:
+                self._worker_ready(record)
+        if data.startswith(STATUS_FAILED):
+            record.failure = data[1:].decode("utf-8", "replace")
 
     def _worker_ready(self, record: WorkerRecord) -> None:
         assert self.segment is not None
@@ -351,7 +370,7 @@ class Master:
         if self.stopping:
             _kill(record.pid, signal.SIGTERM)
             return
-        if record.generation == self.generation:
+        if record.generation == self.generation and self._reload is None:  # a respawn
             for old in arbiter.workers_to_drain(self.workers.values(), record):
                 self._drain_worker(old)
         self._check_reload_done()
@@ -387,66 +406,115 @@ class Master:
         assert self.segment is not None
         if self.stopping:
             return
+        if self._reload is not None:
+            log.warning("reload: generation %d was still starting; the newer configuration "
+                        "replaces it", self._reload.generation)
+            self._roll_back(None)
         try:
             config = self._reload_config()
-            old_slots = self.slots
-            removed = self.listeners.apply(config.listeners, max(old_slots, config.server.workers),
-                                           self._revivable())
         except ConfigError as exc:
-            log.error("reload failed, keeping the running configuration:\n%s", exc)
-            self.segment.set_reload_result(False, str(exc))
-            return
+            return self._reload_failed(str(exc))
+        problem = room_problem(self.segment, config, len(self.workers))
+        if problem:
+            return self._reload_failed(problem)
+        settings = MasterSettings(self.config, config, self.admin, self._make_admin, os.getpid())
+        try:
+            settings.apply()
         except OSError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            self.segment.set_reload_result(False, f"cannot bind: {exc}")
-            return
-        self._forget_revived()
-        if removed:
-            self._pending_close.append((self.generation + 1, removed))
+            return self._reload_failed(f"cannot start: {exc}")
+        try:
+            self._apply_listeners(config.listeners, max(self.slots, config.server.workers))
+        except OSError as exc:
+            settings.undo()
+            return self._reload_failed(f"cannot bind: {exc}")
+        pending = PendingReload(self._last_generation + 1, self.reactor.now, self.config,
+                                self.slots, self.generation, settings)
+        self._reload = pending
         self.config = config
         self.slots = config.server.workers
+        setup_error_log(config.log, "master")
         self._register_servers(config)
         self._new_generation()
-        self._reload_pending = (self.generation, self.reactor.now)
-        self.reactor.call_later(READY_TIMEOUT, self._check_reload_timeout)
+        self.reactor.call_later(READY_TIMEOUT, functools.partial(self._check_reload_timeout, pending))
         log.info("reloading: generation %d starting", self.generation)
 
-    def _revivable(self) -> dict[str, ListenerGroup]:
-        """Groups of a removed listener whose old workers still drain: if the
-        address comes back, the same sockets serve it (binding new ones would
-        join the same reuseport group behind the draining ones)."""
-        groups = {str(g.address): g for _, gs in self._pending_close for g in gs}
-        return groups
+    def _reload_failed(self, message: str) -> None:
+        assert self.segment is not None
+        log.error("reload failed, keeping the running configuration: %s", message)
+        self.segment.set_reload_result(False, message)
 
-    def _forget_revived(self) -> None:
-        live = set(map(id, self.listeners.groups.values()))
-        self._pending_close = [(gen, [g for g in gs if id(g) not in live])
-                               for gen, gs in self._pending_close]
+    def _apply_listeners(self, listeners: tuple[Listener, ...], slots: int) -> None:
+        """Bind what ``listeners`` need; groups they no longer name wait in
+        ``_pending_close`` until no worker holds them. A dropped group whose
+        address comes back is revived: the same sockets serve it (new ones
+        would join the reuseport group behind those of the old workers).
+        Raises OSError, having changed nothing."""
+        revivable = {str(g.address): g for g in self._pending_close}
+        before = dict(self.listeners.groups)
+        removed = self.listeners.apply(listeners, slots, revivable)
+        revived = [g for key, g in self.listeners.groups.items() if before.get(key) is not g]
+        self._pending_close = [g for g in self._pending_close if g not in revived] + removed
 
     def _check_reload_done(self) -> None:
         assert self.segment is not None
-        if self._reload_pending is None:
+        pending = self._reload
+        if pending is None:
             return
-        gen, _ = self._reload_pending
+        gen = pending.generation
         current = [w for w in self.workers.values() if w.generation == gen]
         if len(current) < self.slots or any(w.state is not WorkerState.READY for w in current):
             return
-        self._reload_pending = None
+        self._reload = None
+        pending.settings.commit()
+        self.admin = pending.settings.serving_admin()
         self._retire_surplus()
         for record in list(self.workers.values()):
             if record.generation < gen and record.state is not WorkerState.DRAINING:
                 if record.slot < self.slots:
                     self._drain_worker(record)
-        self.segment.set_reload_result(True, f"generation {gen} serving")
-        log.info("reload complete: generation %d serving", gen)
+        message = "; ".join([f"generation {gen} serving",
+                             *settings_changes(pending.previous, self.config)])
+        self.segment.set_reload_result(True, message)
+        log.info("reload complete: %s", message)
 
-    def _check_reload_timeout(self) -> None:
-        assert self.segment is not None
-        if self._reload_pending is not None and self._reload_pending[1] + READY_TIMEOUT <= self.reactor.now + 0.01:
-            gen = self._reload_pending[0]
-            self._reload_pending = None
-            message = f"generation {gen} workers not ready after {READY_TIMEOUT:.0f}s"
-            log.error("reload: %s; the previous workers keep serving", message)
+    def _check_reload_timeout(self, pending: PendingReload) -> None:
+        if self._reload is pending:
+            self._roll_back(f"generation {pending.generation} not ready after {READY_TIMEOUT:.0f}s")
+
+    def _roll_back(self, reason: str | None) -> None:
+        """Back to the generation that served before the pending reload;
+        ``reason`` is reported as the reload's outcome (None: superseded)."""
+        assert self.segment is not None and self._reload is not None
+        pending, self._reload = self._reload, None
+        for record in self.workers.values():
+            if record.generation != pending.generation or record.state is WorkerState.DRAINING:
+                continue
+            if record.state is WorkerState.READY:
+                self._drain_worker(record)      # it may have clients: they finish
+            else:
+                record.state = WorkerState.DRAINING
+                record.expected_exit = True
+                _kill(record.pid, signal.SIGKILL)   # it has not accepted anything
+        pending.settings.undo()
+        self.config = pending.previous
+        self.slots = pending.previous_slots
+        try:
+            self._apply_listeners(self.config.listeners, self.slots)
+        except OSError as exc:  # only if a dropped group was closed meanwhile
+            log.error("rollback: cannot bind %s again", exc)
+        self.generation = pending.previous_generation
+        self.segment.set_generation(self.generation)
+        setup_error_log(self.config.log, "master")
+        self._register_servers(self.config)
+        for slot in range(self.slots):
+            self.history.pop(slot, None)   # the failures were the new generation's
+            self._respawn_if_wanted(slot)
+        self._steer()
+        self._close_unused_sockets()
+        if reason is not None:
+            message = (f"{reason}; rolled back: generation {self.generation} serves "
+                       "the previous configuration")
+            log.error("reload failed: %s", message)
             self.segment.set_reload_result(False, message)
 
     # -- worker count --------------------------------------------------------------------
@@ -488,6 +556,7 @@ class Master:
 
     def _worker_exited(self, record: WorkerRecord, status: int) -> None:
         assert self.segment is not None
+        self._on_status(record)   # what it wrote before exiting (why it failed)
         if self.reactor.is_registered(record.status_fd):
             self.reactor.unregister(record.status_fd)
         os.close(record.status_fd)
@@ -497,7 +566,16 @@ class Master:
         if record.expected_exit or self.stopping:
             log.debug("worker %d exited (%s)", record.pid, _describe(status))
             return
-        log.error("worker %d (slot %d) died unexpectedly: %s", record.pid, record.slot, _describe(status))
+        why = record.failure or _describe(status)
+        log.error("worker %d (slot %d) died unexpectedly: %s", record.pid, record.slot, why)
+        pending = self._reload
+        if (pending is not None and record.generation == pending.generation
+                and record.state is WorkerState.STARTING):
+            pending.failed_starts += 1
+            if pending.failed_starts >= START_ATTEMPTS:
+                self._roll_back(f"generation {pending.generation} workers failed to start "
+                                f"({pending.failed_starts} attempts): {why}")
+                return
         history = self.history.setdefault(record.slot, SlotHistory())
         if arbiter.died_young(record.started_at, self.reactor.now):
             history.young_deaths += 1
@@ -526,15 +604,10 @@ class Master:
     def _close_unused_sockets(self) -> None:
         keep = max(self.slots, arbiter.highest_slot_in_use(self.workers.values()) + 1)
         self.listeners.retire(keep)
-        oldest = min((w.generation for w in self.workers.values()), default=self.generation + 1)
-        still: list[tuple[int, list[ListenerGroup]]] = []
-        for gen, groups in self._pending_close:
-            if oldest >= gen:
-                for group in groups:
-                    group.close()
-            else:
-                still.append((gen, groups))
-        self._pending_close = still
+        held = arbiter.held_addresses(self.workers.values())
+        for group in [g for g in self._pending_close if str(g.address) not in held]:
+            self._pending_close.remove(group)
+            group.close()
 
     # -- stopping and other signals ---------------------------------------------------------
     def stop_fast(self) -> None:
@@ -568,21 +641,20 @@ class Master:
         log.warning("USR2 (binary upgrade) is not supported by this version; ignored")
 
 
+def _report_failure(status_fd: int, exc: BaseException) -> None:
+    """Tell the master, on the status pipe, why this worker could not start."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        os.write(status_fd, STATUS_FAILED + text.encode("utf-8", "replace")[:900])
+    except OSError:
+        pass
+
+
 def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _describe(status: int) -> str:
@@ -599,7 +671,7 @@ def _remove_stale_segments(directory: str = "/dev/shm") -> None:
     for name in names:
         parts = name.split(".")
         if len(parts) == 3 and parts[0] == "fastproxy" and parts[2] == "stats" and parts[1].isdigit():
-            if not _alive(int(parts[1])):
+            if not alive(int(parts[1])):
                 try:
                     os.unlink(os.path.join(directory, name))
                 except OSError:

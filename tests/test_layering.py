@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "fastproxy.stats.procinfo": 1, "fastproxy.upstream.pool": 1,
     # L2 what a worker's modes share; the master's helpers
     "fastproxy.context": 2, "fastproxy.upstream.runtime": 2, "fastproxy.upstream.health": 2,
-    "fastproxy.listeners": 2, "fastproxy.stats.admin": 2,
+    "fastproxy.listeners": 2, "fastproxy.stats.admin": 2, "fastproxy.reloading": 2,
     # L3 the modes (connection handlers)
     "fastproxy.modes": 3,
     # L4 processes

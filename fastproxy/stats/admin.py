@@ -59,6 +59,10 @@ class AdminServer:
         self.sock = bind_socket(self.address)
         self.reactor.register(self.sock.fileno(), EVENT_READ, self._on_accept)
 
+    def set_allow(self, allow: Iterable[str]) -> None:
+        """Peers allowed from now on (a reload); connected clients are left alone."""
+        self.allow = AddressSet(allow)
+
     def _on_accept(self, _mask: int) -> None:
         assert self.sock is not None
         for _ in range(16):

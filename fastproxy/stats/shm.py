@@ -463,22 +463,30 @@ class Segment:
 
     def server_index(self, name: str) -> int:
         """Find or append the entry for ``name`` ("upstream/host:port"). Raises SegmentFull."""
-        if self._server_names is None:
-            self._server_names = {e["name"]: i for i, e in enumerate(self._server_entries())}
-        if name in self._server_names:
-            return self._server_names[name]
+        names = self._names()
+        if name in names:
+            return names[name]
         data = name.encode("utf-8")
         if not data or len(data) > SERVER_NAME_SIZE or b"\0" in data:
             raise ValueError(f"bad server name for stats: {name!r}")
-        index = len(self._server_names)
+        index = len(names)
         if index >= self.layout.max_servers:
             raise SegmentFull(f"stats server table full (max_servers={self.layout.max_servers})")
         off = self.layout.server_offset(index)
         self._mv[off:off + SERVER_NAME_SIZE] = data.ljust(SERVER_NAME_SIZE, b"\0")
         self._put("in_use", 1, _SERVER, off)
         self._put("n_servers", index + 1)                     # publish after the entry
-        self._server_names[name] = index
+        names[name] = index
         return index
+
+    def server_names(self) -> set[str]:
+        """Every server name the table holds (in use or not)."""
+        return set(self._names())
+
+    def _names(self) -> dict[str, int]:
+        if self._server_names is None:
+            self._server_names = {e["name"]: i for i, e in enumerate(self._server_entries())}
+        return self._server_names
 
     def set_server_health(self, index: int, health: Health | int, now: float,
                           fails: int = 0, successes: int = 0) -> None:
