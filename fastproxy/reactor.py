@@ -27,7 +27,8 @@ CPython's C-level handler writes the signal number to the wakeup fd
 number through one ``{signum: method}`` table. No work happens inside a
 handler.
 
-A callback that raises is logged and counted through ``on_error``; the
+A callback that raises is logged and handed to ``on_error(exc, callback)``,
+whose owner (the worker) closes the session the callback belongs to; the
 owner of the fd is expected to catch its own errors and close what it
 opened, this is the last line of defence that keeps the process alive.
 """
@@ -35,6 +36,7 @@ opened, this is the last line of defence that keeps the process alive.
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import logging
 import math
@@ -183,7 +185,7 @@ class Reactor:
         self._signal_fds: tuple[int, int] | None = None
         self._signal_table: dict[int, Callable[[], None]] = {}
         self.now = clock()
-        self.on_error: Callable[[BaseException], None] | None = None
+        self.on_error: Callable[[BaseException, Callable[..., Any]], None] | None = None
 
     # -- file descriptors -------------------------------------------------
     def register(self, fd: int, events: int, callback: IOCallback) -> None:
@@ -282,7 +284,7 @@ class Reactor:
             try:
                 key.data(mask)
             except Exception as exc:  # last line of defence
-                self._report(exc)
+                self._report(exc, key.data)
         # Phase 3: due timers, then the call-soon batch queued before now.
         timers = self._timers
         now = self.now
@@ -310,13 +312,28 @@ class Reactor:
         try:
             callback()
         except Exception as exc:
-            self._report(exc)
+            self._report(exc, callback)
 
-    def _report(self, exc: BaseException) -> None:
+    @staticmethod
+    def owner_of(callback: Callable[..., Any]) -> object | None:
+        """The object a callback belongs to: a bound method's object (through
+        ``functools.partial``); an object may name who answers for it with
+        ``responsible()`` (a connect in progress: the session it is for)."""
+        while isinstance(callback, functools.partial):
+            callback = callback.func
+        owner = getattr(callback, "__self__", None)
+        for _ in range(4):   # a short chain, never a cycle
+            follow = getattr(owner, "responsible", None)
+            if follow is None:
+                break
+            owner = follow()
+        return owner
+
+    def _report(self, exc: BaseException, callback: Callable[..., Any]) -> None:
         log.exception("unhandled error in event loop callback", exc_info=exc)
         if self.on_error is not None:
             try:
-                self.on_error(exc)
+                self.on_error(exc, callback)
             except Exception:
                 pass
 

@@ -217,6 +217,10 @@ class Relay:
                 half.pending = len(data)
         self._update_interest()
 
+    def abort(self) -> None:
+        """After an internal error: close both ends; the owner hears of it."""
+        self.close("error")
+
     def close(self, reason: str = "done") -> None:
         if self.closed:
             return

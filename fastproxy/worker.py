@@ -27,8 +27,9 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastproxy.acl import AddressSet
 from fastproxy.config import Config, Listener, ServerSection
@@ -272,8 +273,14 @@ class Worker:
             self.acceptors.append(acceptor)
             acceptor.resume()
 
-    def _on_loop_error(self, exc: BaseException) -> None:
+    def _on_loop_error(self, _exc: BaseException, callback: Callable[..., Any]) -> None:
+        """A callback raised (the reactor logged it): count it and abort what
+        it belongs to, a session or a relay (whose end closes its session),
+        so that no descriptor of it stays open; the loop goes on."""
         self.ctx.c[C.internal_errors] += 1
+        owner = Reactor.owner_of(callback)
+        if owner is not None and hasattr(owner, "abort"):
+            self._abort_quietly(owner)  # type: ignore[arg-type]
 
     # -- accepting ------------------------------------------------------------------
     def at_capacity(self) -> bool:

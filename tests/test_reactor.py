@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import functools
 import socket
 
 from fastproxy.reactor import COMPACT_MIN, EVENT_READ, Reactor
@@ -65,7 +66,7 @@ def test_io_callback_gets_the_mask_and_errors_do_not_escape() -> None:
     a, b = socket.socketpair()
     seen: list[int] = []
     errors: list[BaseException] = []
-    r.on_error = errors.append
+    r.on_error = lambda exc, callback: errors.append(exc)
 
     def on_read(mask: int) -> None:
         seen.append(mask)
@@ -98,3 +99,23 @@ def test_signals_are_dispatched_from_the_loop() -> None:
     finally:
         r.close()
         signal.signal(signal.SIGUSR2, old)
+
+
+def test_owner_of_a_callback() -> None:
+    class Session:
+        def on_event(self, mask: int) -> None: ...
+
+    class Dial:
+        def __init__(self, session: Session) -> None:
+            self.session = session
+
+        def on_event(self, mask: int) -> None: ...
+
+        def responsible(self) -> object:
+            return self.session
+
+    session = Session()
+    assert Reactor.owner_of(session.on_event) is session
+    assert Reactor.owner_of(functools.partial(session.on_event, 1)) is session
+    assert Reactor.owner_of(Dial(session).on_event) is session   # who answers for the dial
+    assert Reactor.owner_of(lambda: None) is None

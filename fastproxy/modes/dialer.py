@@ -136,6 +136,11 @@ class Dialer:
         if self.sock is not None:
             self._abandon()
 
+    def responsible(self) -> object | None:
+        """Who answers for an error in a callback of this dial: the owner
+        its ``on_connected`` belongs to (which cancels the dial when aborted)."""
+        return Reactor.owner_of(self.on_connected)
+
     def _on_event(self, _mask: int) -> None:
         sock = self.sock
         if sock is None:
