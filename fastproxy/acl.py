@@ -253,10 +253,12 @@ class Policy:
             raise Denied("destination not allowed")
         real = effective(addr)
         if self._allow_any:
-            if (addr in self._allow_cidrs or real in self._allow_cidrs
-                    or (host is not None and self.check_name(host))):
-                return
-            raise Denied("destination not allowed")
+            if addr in self._allow_cidrs or real in self._allow_cidrs:
+                return                      # an allowed network overrides the deny list
+            if host is None or not self.check_name(host):
+                raise Denied("destination not allowed")
+            # an allowed name permits the name only: where it resolves to must
+            # still pass the deny list (no way to loopback through DNS)
         for name, nets in self._deny_classes:
             if real in nets:
                 raise Denied(f"destination denied: {name}")

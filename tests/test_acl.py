@@ -173,12 +173,19 @@ def test_allow_cidr_overrides_deny() -> None:
     assert denied(p, "10.21.0.1") == "destination not allowed"
 
 
-def test_allow_domain_overrides_deny_on_the_resolved_address() -> None:
+def test_allowed_name_still_passes_the_deny_list() -> None:
+    """A name permits the name, not wherever DNS points it (SPEC: no way to
+    loopback through DNS); a network is allowed by listing its CIDR."""
     p = policy(allow_destinations=("intranet.example.com",))
-    assert denied(p, "10.0.0.5", "intranet.example.com") is None
-    assert denied(p, "10.0.0.5", "INTRANET.Example.com.") is None
-    assert denied(p, "10.0.0.5", "other.example.com") == "destination not allowed"
-    assert denied(p, "10.0.0.5", None) == "destination not allowed"
+    assert denied(p, "93.184.216.34", "intranet.example.com") is None
+    assert denied(p, "93.184.216.34", "INTRANET.Example.com.") is None
+    assert denied(p, "10.0.0.5", "intranet.example.com") == "destination denied: private"
+    assert denied(p, "127.0.0.1", "intranet.example.com") == "destination denied: loopback"
+    assert denied(p, "::ffff:127.0.0.1", "intranet.example.com") == "destination denied: loopback"
+    assert denied(p, "93.184.216.34", "other.example.com") == "destination not allowed"
+    assert denied(p, "93.184.216.34", None) == "destination not allowed"
+    internal = policy(allow_destinations=("intranet.example.com", "10.0.0.0/24"))
+    assert denied(internal, "10.0.0.5", "intranet.example.com") is None
 
 
 def test_non_empty_allow_list_denies_everything_else() -> None:
