@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--timeout", type=float, default=None,
                          help="seconds to wait for the outcome")
 
+    upgrade = sub.add_parser("upgrade", help="binary upgrade: USR2, wait until the new master "
+                             "serves, then QUIT the old one")
+    _add_target(upgrade)
+    upgrade.add_argument("--timeout", type=float, default=None,
+                         help="seconds to wait for each step (default 120)")
+
     stats = sub.add_parser("stats", help="show shared-memory stats")
     _add_target(stats)
     stats.add_argument("--json", action="store_true")
@@ -79,8 +85,10 @@ def _add_target(cmd: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # what a USR2 successor runs
     handler: Callable[[argparse.Namespace], int] = {
         "run": cmd_run, "check": cmd_check, "stats": cmd_stats, "passwd": cmd_passwd,
+        "upgrade": cmd_upgrade,
     }.get(args.command, cmd_signal)
     try:
         return handler(args)
@@ -111,12 +119,18 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fastproxy.master import Master
+    from fastproxy.service import Launch
 
-    cfg = _load(args)
-    if cfg.server.user and os.geteuid() != 0:
-        raise ConfigError([format_problem("server.user", "running workers as another user "
-                                          "needs the master to start as root")])
-    return Master(cfg, lambda: _load(args)).run()
+    launch = Launch.from_environ(args.argv, os.environ)   # before anything else reads them
+    try:
+        cfg = _load(args)
+        if cfg.server.user and os.geteuid() != 0:
+            raise ConfigError([format_problem("server.user", "running workers as another user "
+                                              "needs the master to start as root")])
+    except ConfigError as exc:
+        launch.predecessor.failed("; ".join(exc.problems))
+        raise
+    return Master(cfg, lambda: _load(args), launch).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -127,11 +141,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # -- signals -----------------------------------------------------------------------
-def _master_pid(args: argparse.Namespace) -> int:
+def _pidfile(args: argparse.Namespace) -> str:
     if args.pidfile:
-        path = args.pidfile
-    else:
-        path = (configuration.load(args.config) if args.config else configuration.default()).server.pidfile
+        return str(args.pidfile)
+    return (configuration.load(args.config) if args.config else configuration.default()).server.pidfile
+
+
+def _master_pid(args: argparse.Namespace) -> int:
+    path = _pidfile(args)
     try:
         with open(path) as f:
             pid = int(f.read().strip())
@@ -172,21 +189,55 @@ def cmd_signal(args: argparse.Namespace) -> int:
 
 
 def _reload(pid: int, timeout: float) -> int:
+    outcome = _signal_for_outcome(pid, signal.SIGHUP, timeout)
+    if outcome is None:
+        print("fastproxy: no reload outcome before the timeout", file=sys.stderr)
+        return EXIT_USAGE
+    ok, message = outcome
+    print(f"reloaded: {message}" if ok else message, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_USAGE
+
+
+def _signal_for_outcome(pid: int, signum: int, timeout: float) -> tuple[bool, str] | None:
+    """Send ``signum`` and wait for the outcome the master posts in its
+    stats header (a reload's or an upgrade's); None if none came in time."""
     with _attach(pid) as segment:
         before = segment.reload_seq()
-        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signum)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if segment.reload_seq() != before:
-                message = segment.reload_message()
-                if segment.reload_status() == 1:
-                    print(f"reloaded: {message}")
-                    return EXIT_OK
-                print(message, file=sys.stderr)
-                return EXIT_USAGE
+                return segment.reload_status() == 1, segment.reload_message()
             time.sleep(0.05)
-    print("fastproxy: no reload outcome before the timeout", file=sys.stderr)
-    return EXIT_USAGE
+    return None
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """USR2; once the new master serves, QUIT the old one and wait for it to go."""
+    from fastproxy.files import read_pid
+
+    pid = _master_pid(args)
+    timeout = args.timeout if args.timeout is not None else 120.0
+    outcome = _signal_for_outcome(pid, signal.SIGUSR2, timeout)
+    if outcome is None:
+        print(f"fastproxy: no upgrade outcome within {timeout:.0f}s; master {pid} was sent "
+              "USR2 and may still be starting its successor", file=sys.stderr)
+        return EXIT_USAGE
+    ok, message = outcome
+    if not ok:
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
+    successor = read_pid(_pidfile(args))
+    os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + timeout
+    while _running(pid):
+        if time.monotonic() >= deadline:
+            print(f"fastproxy: master {successor} serves; the old master {pid} is still "
+                  "draining", file=sys.stderr)
+            return EXIT_USAGE
+        time.sleep(0.05)
+    print(successor)
+    return EXIT_OK
 
 
 class _attach:

@@ -11,6 +11,8 @@ directory) makes the call fail instead.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 
 _NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -40,3 +42,71 @@ def write_replacing(path: str, data: bytes, mode: int = 0o644) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def map_new_file(path: str, size: int) -> mmap.mmap:
+    """A new file at ``path`` (``create_new``, mode 0600: its owner only) of
+    ``size`` bytes, mapped shared."""
+    fd = create_new(path, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size, mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_pidfile(path: str) -> None:
+    """Raise OSError(EEXIST) when ``path`` names another running process."""
+    pid = read_pid(path)
+    if pid > 0 and pid != os.getpid() and alive(pid):
+        raise OSError(errno.EEXIST, f"already running with pid {pid} (pidfile {path})")
+
+
+def write_pid(path: str) -> None:
+    write_replacing(path, f"{os.getpid()}\n".encode())
+
+
+def read_pid(path: str) -> int:
+    """The pid in ``path``; 0 when there is none or it is not a pid."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def remove_pidfile(path: str, pid: int) -> None:
+    """Remove ``path`` if it still names ``pid``."""
+    if read_pid(path) == pid:
+        remove_file(path)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (possibly another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_segments(directory: str = "/dev/shm") -> None:
+    """Remove the stats segments of masters that no longer run."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split(".")
+        if (len(parts) == 3 and parts[0] == "fastproxy" and parts[2] == "stats"
+                and parts[1].isdigit() and not alive(int(parts[1]))):
+            remove_file(os.path.join(directory, name))

@@ -25,6 +25,14 @@ move any other; see ``reuseport_detach_sock`` in net/core/sock_reuseport.c).
 
 If the kernel refuses the program, steering is off (logged once) and the
 kernel's own hash spreads connections over every socket.
+
+Sockets may also be *received* (``service.Handover``): a predecessor started
+by USR2 hands over its groups whole, so slot ``i`` keeps its socket across
+the upgrade; systemd hands over one socket per listener name, which becomes
+slot 0 (with ``ReusePort=yes`` the other slots get sockets of their own
+beside it; without, every slot shares it). A socket the service manager
+owns is never closed by us: a listener removed by a reload keeps it aside,
+and gets it back if it returns.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 from fastproxy.config import Address, Listener
+from fastproxy.service import Handover
 
 log = logging.getLogger("fastproxy")
 
@@ -85,27 +94,44 @@ def bind_socket(address: Address) -> socket.socket:
 
 
 class ListenerGroup:
-    """The sockets of one listen address, index = worker slot."""
+    """The sockets of one listen address, index = worker slot (see
+    ``socket_for``); ``kept`` are the service manager's, never closed while
+    the master runs."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, name: str = "",
+                 received: list[socket.socket] | None = None,
+                 kept: Iterable[socket.socket] = ()) -> None:
         self.address = address
-        self.sockets: list[socket.socket] = []
+        self.name = name        # the listener's, which systemd's sockets are matched by
+        self.sockets: list[socket.socket] = list(received or [])
+        self.kept = set(kept)
+        # slots beyond the received sockets need SO_REUSEPORT on them to join their group
+        self.shared = bool(self.sockets) and not self.sockets[0].getsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEPORT)
         self._steering_ok = True
         self._steered: tuple[int, ...] | None = None
 
     def grow(self, count: int) -> None:
+        if self.shared:
+            return
+        bind_to = _bound_address(self.sockets[0]) if self.sockets else self.address
         while len(self.sockets) < count:
-            self.sockets.append(bind_socket(self.address))
+            self.sockets.append(bind_socket(bind_to))
 
     def shrink(self, count: int) -> None:
-        while len(self.sockets) > count:
-            self.sockets.pop().close()
+        while len(self.sockets) > max(count, len(self.kept)):
+            sock = self.sockets.pop()
+            if sock not in self.kept:
+                sock.close()
+
+    def socket_for(self, slot: int) -> socket.socket:
+        return self.sockets[slot % len(self.sockets)]
 
     def steer(self, slots: Iterable[int]) -> None:
         targets = tuple(sorted(s for s in set(slots) if s < len(self.sockets)))
         if not targets:
             targets = tuple(range(len(self.sockets)))
-        if not targets or targets == self._steered or not self._steering_ok:
+        if len(self.sockets) < 2 or targets == self._steered or not self._steering_ok:
             return
         code = steering_program(targets)
         buf = ctypes.create_string_buffer(code)
@@ -121,41 +147,53 @@ class ListenerGroup:
         self._steered = targets
 
     def close(self) -> None:
+        """Close every socket (at exit, or in a child; ``ListenerSet.release``
+        keeps the service manager's)."""
+        self.kept = set()
         self.shrink(0)
+
+
+def _bound_address(sock: socket.socket) -> Address:
+    host, port = sock.getsockname()[:2]
+    return Address(str(host), int(port))
 
 
 class ListenerSet:
     """All listening sockets of the master, keyed by listen address.
 
-    Methods for the caller: ``apply(listeners, slots)`` binds what a config
-    needs and returns the groups it no longer needs (for the caller to
-    close once their workers have drained them), ``resize(slots)``,
-    ``sockets_for(slot, listeners)``, ``steer(slots)``, ``close()``.
-    Raises OSError (from bind) leaving already-bound groups untouched.
+    Methods for the caller: ``apply(listeners, slots)`` binds (or takes
+    from the handover) what a config needs and returns the groups it no
+    longer needs (for the caller to ``release`` once their workers have
+    drained them), ``resize(slots)``, ``sockets_for(slot, listeners)``,
+    ``steer(slots)``, ``close()``. Raises OSError (from bind) leaving
+    already-bound groups untouched.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handover: Handover | None = None) -> None:
         self.groups: dict[str, ListenerGroup] = {}
+        self.handover = handover or Handover({}, {})
 
     def apply(self, listeners: Sequence[Listener], slots: int,
               revivable: dict[str, ListenerGroup] | None = None) -> list[ListenerGroup]:
-        wanted = {str(lst.listen): lst.listen for lst in listeners}
+        wanted = {str(lst.listen): lst for lst in listeners}
         created: list[ListenerGroup] = []
         try:
-            for key, address in wanted.items():
+            for key, listener in wanted.items():
                 group = self.groups.get(key)
                 if group is None and revivable and key in revivable:
                     group = self.groups[key] = revivable[key]
                     group.grow(slots)
                 elif group is None:
-                    group = ListenerGroup(address)
+                    received = self.handover.claim(listener.name, key)
+                    group = ListenerGroup(listener.listen, listener.name, received,
+                                          [s for s in received if self.handover.from_manager(s)])
                     created.append(group)
                     group.grow(slots)
                     self.groups[key] = group
         except BaseException:
             for group in created:
                 self.groups.pop(str(group.address), None)
-                group.close()
+                self.release(group)
             raise
         removed = [g for k, g in self.groups.items() if k not in wanted]
         for group in removed:
@@ -177,12 +215,31 @@ class ListenerSet:
             group.steer(chosen)
 
     def sockets_for(self, slot: int, listeners: Sequence[Listener]) -> list[tuple[Listener, socket.socket]]:
-        return [(lst, self.groups[str(lst.listen)].sockets[slot]) for lst in listeners]
+        return [(lst, self.groups[str(lst.listen)].socket_for(slot)) for lst in listeners]
 
     def all_sockets(self) -> list[socket.socket]:
-        return [s for g in self.groups.values() for s in g.sockets]
+        """Every listening socket this master holds, handed-over ones set aside included."""
+        return ([s for g in self.groups.values() for s in g.sockets]
+                + self.handover.unclaimed())
+
+    def by_address(self) -> dict[str, list[socket.socket]]:
+        """Every group's sockets in slot order, for a successor (USR2)."""
+        return {key: list(g.sockets) for key, g in self.groups.items()}
+
+    def release(self, group: ListenerGroup) -> None:
+        """Close a group no longer configured; the service manager's sockets
+        are set aside, for a listener of that name that comes back."""
+        if group.kept:
+            self.handover.by_name.setdefault(group.name, []).extend(
+                s for s in group.sockets if s in group.kept)
+            group.sockets = [s for s in group.sockets if s not in group.kept]
+            group.kept = set()
+        group.close()
 
     def close(self) -> None:
         for group in self.groups.values():
             group.close()
         self.groups.clear()
+        for sock in self.handover.unclaimed():
+            sock.close()
+        self.handover = Handover({}, {})

@@ -21,14 +21,17 @@ whose new listen address cannot be bound, changes nothing and reports the
 error (``fastproxy reload`` reads it from the stats header). A listening
 socket the configuration no longer names is closed once no worker holds it.
 
-Size: about 690 lines, over the 500 budget: generations, reload, slot
+Size: about 700 lines, over the 500 budget: generations, reload, slot
 retirement, respawn and shutdown all act on the same worker table, and their
 decisions already live apart as pure functions in ``arbiter`` and the
 reload's bookkeeping in ``reloading``.
 
 Signals are dispatched from the loop (``Reactor.handle_signals``): HUP
 reload, TERM/INT fast stop, QUIT graceful stop, USR1 reopen logs, TTIN/TTOU
-one worker more/fewer, CHLD reap. A worker that dies unexpectedly is
+one worker more/fewer, USR2 binary upgrade (``upgrade``), WINCH workers
+stop (after a USR2), CHLD reap. What the master tells its starter (systemd
+readiness, a USR2 predecessor) and receives from it (listening sockets) is
+in ``service``. A worker that dies unexpectedly is
 respawned, after a growing delay when it keeps dying young
 (``arbiter.respawn_delay``). Workers watch an *alive* pipe whose only write
 end the master holds: when the master dies, however, they see EOF and leave.
@@ -36,7 +39,6 @@ end the master holds: when the master dies, however, they see EOF and leave.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import mmap
@@ -50,22 +52,29 @@ from fastproxy import arbiter
 from fastproxy.arbiter import SlotHistory, WorkerRecord, WorkerState
 from fastproxy.config import Address, Config, Listener
 from fastproxy.errors import ConfigError
-from fastproxy.files import create_new, write_replacing
+from fastproxy.files import (
+    check_pidfile,
+    map_new_file,
+    remove_file,
+    remove_pidfile,
+    remove_stale_segments,
+    write_pid,
+)
 from fastproxy.listeners import ListenerGroup, ListenerSet
 from fastproxy.log import setup_error_log
 from fastproxy.reactor import EVENT_READ, Reactor
+from fastproxy.relay import pipe_budget
 from fastproxy.reloading import (
     READY_TIMEOUT,
     START_ATTEMPTS,
     MasterSettings,
     PendingReload,
-    alive,
-    read_pid,
-    remove_pidfile,
     room_problem,
     settings_changes,
 )
+from fastproxy.service import STATUS_FAILED, STATUS_READY, Launch, tell_status
 from fastproxy.stats.shm import Segment, SegmentFull, SlotState, segment_path
+from fastproxy.upgrade import Successor, describe_status, oldbin
 from fastproxy.upstream.health import HealthChecker
 from fastproxy.upstream.parents import all_upstreams
 from fastproxy.worker import Worker, WorkerSpec
@@ -81,16 +90,7 @@ EXIT_START = 2
 STOP_KILL_AFTER = 5.0          # TERM: SIGKILL workers still alive after this
 RETIRE_DELAY = 0.25            # between steering away from a slot and draining it
 FORK_RETRY = 1.0               # after fork() itself failed
-STATUS_READY = b"R"            # a worker's status pipe: ready, or failed to start (+ why)
-STATUS_FAILED = b"F"
 MAX_SERVERS = 256
-# Splice pipes: 1 MiB halves the syscalls per byte of 256 KiB ones (bulk
-# relay measured at 3.5 vs 2.3 GB per CPU-second, bench/RESULTS.md). A user
-# without CAP_SYS_RESOURCE shares pipe-user-pages-soft (64 MiB by default)
-# among all its pipes, so then smaller pipes buy more concurrent transfers.
-PIPE_SIZE = 1 << 20
-PIPE_SIZE_UNPRIVILEGED = 256 * 1024
-PIPES_PER_WORKER_MAX = 1024  # bytes in flight per worker stay within 1 GiB
 
 
 class Master:
@@ -101,11 +101,14 @@ class Master:
     re-reads the file and re-applies the command-line overrides.
     """
 
-    def __init__(self, config: Config, reload_config: Callable[[], Config]) -> None:
+    def __init__(self, config: Config, reload_config: Callable[[], Config],
+                 launch: Launch | None = None) -> None:
         self.config = config
         self._reload_config = reload_config
+        self.launch = launch or Launch.from_environ([], {})
+        self.notifier = self.launch.notifier
         self.reactor = Reactor()
-        self.listeners = ListenerSet()
+        self.listeners = ListenerSet(self.launch.handover)
         self.workers: dict[int, WorkerRecord] = {}
         self.history: dict[int, SlotHistory] = {}
         self.generation = 0
@@ -122,6 +125,10 @@ class Master:
         self._server_indexes: dict[str, int] = {}
         self.health: HealthChecker | None = None
         self.admin: AdminServer | None = None
+        self.announced = False                       # the first generation served
+        self._failed_starts = 0                      # before that
+        self.successor: Successor | None = None      # USR2
+        self.workers_stopped = False                 # WINCH
 
     # -- startup and shutdown ------------------------------------------------------
     def run(self) -> int:
@@ -130,6 +137,7 @@ class Master:
             self._start()
         except OSError as exc:
             log.error("cannot start: %s", exc)
+            self.launch.predecessor.failed(f"cannot start: {exc}")
             self._cleanup()
             return EXIT_START
         log.info("started %d worker(s), pid %d", self.slots, os.getpid())
@@ -140,7 +148,7 @@ class Master:
         return self.exit_code
 
     def _start(self) -> None:
-        self._check_pidfile()
+        check_pidfile(self.config.server.pidfile)
         self._create_segment()
         self.listeners.apply(self.config.listeners, self.slots)
         self._alive_r, self._alive_w = os.pipe2(os.O_CLOEXEC)
@@ -157,32 +165,18 @@ class Master:
             signal.SIGUSR2: self.upgrade,
             signal.SIGTTIN: self.add_worker,
             signal.SIGTTOU: self.remove_worker,
+            signal.SIGWINCH: self.stop_workers,
             signal.SIGCHLD: self.reap,
         })
-        self._write_pidfile()
+        write_pid(self.config.server.pidfile)
         self._register_servers(self.config)
         self._new_generation()
 
-    def _check_pidfile(self) -> None:
-        path = self.config.server.pidfile
-        pid = read_pid(path)
-        if pid > 0 and pid != os.getpid() and alive(pid):
-            raise OSError(errno.EEXIST, f"already running with pid {pid} (pidfile {path})")
-
-    def _write_pidfile(self) -> None:
-        write_replacing(self.config.server.pidfile, f"{os.getpid()}\n".encode())
-
     def _create_segment(self) -> None:
-        _remove_stale_segments()
+        remove_stale_segments()
         max_slots = max(64, 4 * self.slots + 8)
-        size = Segment.size_for(max_slots, MAX_SERVERS)
         self._segment_path = segment_path(os.getpid())
-        fd = create_new(self._segment_path, 0o600)  # the master's user (and root) only
-        try:
-            os.ftruncate(fd, size)
-            self._segment_map = mmap.mmap(fd, size, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
+        self._segment_map = map_new_file(self._segment_path, Segment.size_for(max_slots, MAX_SERVERS))
         self.segment = Segment.create(self._segment_map, max_slots, MAX_SERVERS, os.getpid())
 
     def _start_admin(self) -> None:
@@ -193,17 +187,29 @@ class Master:
         from fastproxy.stats.admin import AdminServer
 
         assert self.segment is not None
-        admin = AdminServer(self.reactor, address, self.segment, self._has_ready_worker,
+        admin = AdminServer(self.reactor, address, self.segment, self._unready_because,
                             self.config.admin.allow)
         admin.start()
         return admin
 
-    def _has_ready_worker(self) -> bool:
-        return any(w.state is WorkerState.READY for w in self.workers.values())
+    def _unready_because(self) -> str | None:
+        """Why /healthz says 503 (None: 200): orchestrators stop sending
+        traffic before a drain closes anything."""
+        if self.stopping:
+            return "draining"
+        if self.successor is not None and self.successor.handing_over:
+            return f"handing over to master {self.successor.pid}"
+        if not any(w.state is WorkerState.READY for w in self.workers.values()):
+            return "no worker ready"
+        return None
 
     def _cleanup(self) -> None:
         for worker in list(self.workers.values()):
             _kill(worker.pid, signal.SIGKILL)
+        if self.successor is not None:
+            self.successor.close()   # it runs on by itself
+        remove_pidfile(oldbin(self.config.server.pidfile), os.getpid())
+        self.notifier.close()
         if self.admin is not None:
             self.admin.close()
         if self._reload is not None:
@@ -218,10 +224,7 @@ class Master:
         self._alive_r = self._alive_w = -1
         remove_pidfile(self.config.server.pidfile, os.getpid())
         if self._segment_path:
-            try:
-                os.unlink(self._segment_path)
-            except OSError:
-                pass
+            remove_file(self._segment_path)
         if self.health is not None:
             self.health.close()
         self.reactor.close()
@@ -280,11 +283,11 @@ class Master:
                 self._close_in_child(keep={s.fileno() for _, s in sockets})
                 spec = WorkerSpec(self.config, slot, self.generation, sockets, self.segment,
                                   stats_index, status_w, self._alive_r, dict(self._server_indexes),
-                                  *self._pipe_budget())
+                                  *pipe_budget(self.config.server, self.slots))
                 code = Worker(spec).run()
             except BaseException as exc:
                 log.exception("worker %d failed", slot)
-                _report_failure(status_w, exc)
+                tell_status(status_w, exc)
             finally:
                 os._exit(code)
         os.close(status_w)
@@ -293,11 +296,11 @@ class Master:
         record = WorkerRecord(pid, slot, self.generation, stats_index, status_r, self.reactor.now,
                               frozenset(str(lst.listen) for lst in self.config.listeners))
         self.workers[pid] = record
-        self.reactor.register(status_r, EVENT_READ, functools.partial(self._on_status_event, record))
+        self.reactor.register(status_r, EVENT_READ, functools.partial(self._on_status, record))
         log.debug("spawned worker pid %d slot %d generation %d", pid, slot, self.generation)
 
     def _respawn_if_wanted(self, slot: int) -> None:
-        if not self.stopping and slot < self.slots and not any(
+        if not self.stopping and not self.workers_stopped and slot < self.slots and not any(
                 w.slot == slot and w.generation == self.generation for w in self.workers.values()):
             self._spawn(slot)
 
@@ -324,26 +327,7 @@ class Master:
         for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
 
-    def _pipe_budget(self) -> tuple[int, int]:
-        """(pipes per worker, pipe size): root is not held to the per-user
-        pipe budget; other users share pipe-user-pages-soft."""
-        cap = min(PIPES_PER_WORKER_MAX, max(64, self.config.server.max_connections // 2))
-        if os.geteuid() == 0 and not self.config.server.user:
-            return cap, PIPE_SIZE
-        try:
-            with open("/proc/sys/fs/pipe-user-pages-soft") as f:
-                pages = int(f.read())
-        except (OSError, ValueError):
-            pages = 16384
-        if pages == 0:
-            return cap, PIPE_SIZE_UNPRIVILEGED
-        total = pages * 4096 * 9 // 10 // PIPE_SIZE_UNPRIVILEGED
-        return max(4, min(cap, total // max(1, 2 * self.slots))), PIPE_SIZE_UNPRIVILEGED
-
-    def _on_status_event(self, record: WorkerRecord, _mask: int) -> None:
-        self._on_status(record)
-
-    def _on_status(self, record: WorkerRecord) -> None:
+    def _on_status(self, record: WorkerRecord, _mask: int = 0) -> None:
         if record.status_fd < 0:  # reaped earlier in this pass
             return
         try:
@@ -374,6 +358,17 @@ class Master:
             for old in arbiter.workers_to_drain(self.workers.values(), record):
                 self._drain_worker(old)
         self._check_reload_done()
+        if not self.announced and self._generation_ready(self.generation):
+            self.announced = True   # first serving: tell whoever started us
+            if self.launch.predecessor.present:
+                self.launch.predecessor.ready()
+                self.notifier.main_pid(os.getpid())
+            else:
+                self.notifier.ready()
+
+    def _generation_ready(self, gen: int) -> bool:
+        current = [w for w in self.workers.values() if w.generation == gen]
+        return len(current) >= self.slots and all(w.state is WorkerState.READY for w in current)
 
     def _drain_worker(self, record: WorkerRecord) -> None:
         record.state = WorkerState.DRAINING
@@ -406,6 +401,12 @@ class Master:
         assert self.segment is not None
         if self.stopping:
             return
+        if self.workers_stopped:   # after WINCH: workers again, same configuration (as nginx)
+            self.workers_stopped = False
+            self._new_generation()
+            log.info("HUP after WINCH: generation %d starting", self.generation)
+            return
+        self.notifier.reloading()
         if self._reload is not None:
             log.warning("reload: generation %d was still starting; the newer configuration "
                         "replaces it", self._reload.generation)
@@ -442,6 +443,7 @@ class Master:
         assert self.segment is not None
         log.error("reload failed, keeping the running configuration: %s", message)
         self.segment.set_reload_result(False, message)
+        self.notifier.ready()   # back to the configuration that serves
 
     def _apply_listeners(self, listeners: tuple[Listener, ...], slots: int) -> None:
         """Bind what ``listeners`` need; groups they no longer name wait in
@@ -461,8 +463,7 @@ class Master:
         if pending is None:
             return
         gen = pending.generation
-        current = [w for w in self.workers.values() if w.generation == gen]
-        if len(current) < self.slots or any(w.state is not WorkerState.READY for w in current):
+        if not self._generation_ready(gen):
             return
         self._reload = None
         pending.settings.commit()
@@ -475,6 +476,7 @@ class Master:
         message = "; ".join([f"generation {gen} serving",
                              *settings_changes(pending.previous, self.config)])
         self.segment.set_reload_result(True, message)
+        self.notifier.ready()
         log.info("reload complete: %s", message)
 
     def _check_reload_timeout(self, pending: PendingReload) -> None:
@@ -516,6 +518,7 @@ class Master:
                        "the previous configuration")
             log.error("reload failed: %s", message)
             self.segment.set_reload_result(False, message)
+            self.notifier.ready()
 
     # -- worker count --------------------------------------------------------------------
     def add_worker(self) -> None:
@@ -547,6 +550,9 @@ class Master:
                 break
             if pid == 0:
                 break
+            if self.successor is not None and pid == self.successor.pid:
+                self.successor.exited(status)
+                continue
             record = self.workers.pop(pid, None)
             if record is not None:
                 self._worker_exited(record, status)
@@ -564,12 +570,21 @@ class Master:
         self.segment.retire_slot(record.stats_index)
         self._steer()
         if record.expected_exit or self.stopping:
-            log.debug("worker %d exited (%s)", record.pid, _describe(status))
+            log.debug("worker %d exited (%s)", record.pid, describe_status(status))
             return
-        why = record.failure or _describe(status)
+        why = record.failure or describe_status(status)
         log.error("worker %d (slot %d) died unexpectedly: %s", record.pid, record.slot, why)
         pending = self._reload
-        if (pending is not None and record.generation == pending.generation
+        if record.state is WorkerState.STARTING and not self.announced:
+            self._failed_starts += 1   # nothing served yet: nothing to go back to
+            if self._failed_starts >= START_ATTEMPTS:
+                message = f"workers failed to start ({self._failed_starts} attempts): {why}"
+                log.error("cannot start: %s", message)
+                self.launch.predecessor.failed(message)
+                self.exit_code = EXIT_START
+                self.stop_fast()
+                return
+        elif (pending is not None and record.generation == pending.generation
                 and record.state is WorkerState.STARTING):
             pending.failed_starts += 1
             if pending.failed_starts >= START_ATTEMPTS:
@@ -607,7 +622,7 @@ class Master:
         held = arbiter.held_addresses(self.workers.values())
         for group in [g for g in self._pending_close if str(g.address) not in held]:
             self._pending_close.remove(group)
-            group.close()
+            self.listeners.release(group)
 
     # -- stopping and other signals ---------------------------------------------------------
     def stop_fast(self) -> None:
@@ -620,6 +635,8 @@ class Master:
         first = not self.stopping
         self.stopping = True
         log.info("stopping (%s)", signal.Signals(signum).name)
+        if first:
+            self.notifier.stopping()
         for record in self.workers.values():
             record.expected_exit = True
             _kill(record.pid, signum)
@@ -637,17 +654,26 @@ class Master:
         for record in self.workers.values():
             _kill(record.pid, signal.SIGUSR1)
 
+    # -- USR2 and WINCH (see ``upgrade``) ------------------------------------------------
     def upgrade(self) -> None:
-        log.warning("USR2 (binary upgrade) is not supported by this version; ignored")
+        assert self.segment is not None
+        if self.stopping or (self.successor is not None and self.successor.running):
+            log.warning("USR2 ignored: %s", "stopping" if self.stopping else "a new master runs")
+            return
+        self.successor = Successor(self.reactor, self.config.server.pidfile, self.launch.argv,
+                                   self.listeners.by_address(), self.segment, self.notifier)
+        self.successor.start()
 
-
-def _report_failure(status_fd: int, exc: BaseException) -> None:
-    """Tell the master, on the status pipe, why this worker could not start."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    try:
-        os.write(status_fd, STATUS_FAILED + text.encode("utf-8", "replace")[:900])
-    except OSError:
-        pass
+    def stop_workers(self) -> None:
+        """WINCH: the workers drain and are not replaced; the master keeps the
+        sockets (HUP starts workers again, QUIT ends it)."""
+        if self.stopping or self.workers_stopped:
+            return
+        self.workers_stopped = True
+        for record in list(self.workers.values()):
+            if record.state is not WorkerState.DRAINING:
+                self._drain_worker(record)
+        log.info("WINCH: workers draining; HUP starts them again, QUIT stops the master")
 
 
 def _kill(pid: int, signum: int) -> None:
@@ -655,25 +681,3 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
-
-
-def _remove_stale_segments(directory: str = "/dev/shm") -> None:
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        parts = name.split(".")
-        if len(parts) == 3 and parts[0] == "fastproxy" and parts[2] == "stats" and parts[1].isdigit():
-            if not alive(int(parts[1])):
-                try:
-                    os.unlink(os.path.join(directory, name))
-                except OSError:
-                    pass
-

@@ -23,13 +23,12 @@ at start); ``settings_changes`` names what was applied, for the outcome
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastproxy.config import Address, Config
-from fastproxy.files import write_replacing
+from fastproxy.files import alive, read_pid, remove_pidfile, write_replacing
 from fastproxy.stats.shm import Segment
 from fastproxy.upstream.parents import all_upstreams
 
@@ -140,32 +139,3 @@ def _claim_pidfile(path: str, pid: int) -> None:
     if owner and owner != pid and alive(owner):
         raise OSError(f"pidfile {path} belongs to running process {owner}")
     write_replacing(path, f"{pid}\n".encode())
-
-
-def read_pid(path: str) -> int:
-    """The pid in ``path``; 0 when there is none or it is not a pid."""
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def remove_pidfile(path: str, pid: int) -> None:
-    """Remove ``path`` if it still names ``pid``."""
-    if read_pid(path) == pid:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-def alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (possibly another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

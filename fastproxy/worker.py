@@ -40,6 +40,7 @@ from fastproxy.modes.preamble import Preamble
 from fastproxy.modes.reverse import ReverseMode
 from fastproxy.modes.tcp import TcpMode
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
+from fastproxy.service import tell_status
 from fastproxy.stats.shm import C, Segment, SlotState
 
 log = logging.getLogger("fastproxy")
@@ -254,7 +255,7 @@ class Worker:
         self._sweep()
         if os.getppid() != spec.segment.master_pid():
             self.drain()  # the master died before we got here
-        os.write(spec.status_fd, b"R")
+        tell_status(spec.status_fd)
         self.reactor.run()
         self.ctx.close()
         return 0

@@ -26,11 +26,12 @@ LAYERS: dict[str, int] = {
     "fastproxy.stats": 0, "fastproxy.stats.shm": 0, "fastproxy.stats.export": 0,
     # L1 engine: the loop and what moves bytes
     "fastproxy.reactor": 1, "fastproxy.relay": 1, "fastproxy.log": 1, "fastproxy.resolver": 1,
-    "fastproxy.files": 1,
+    "fastproxy.files": 1, "fastproxy.service": 1,
     "fastproxy.stats.procinfo": 1, "fastproxy.upstream.pool": 1,
     # L2 what a worker's modes share; the master's helpers
     "fastproxy.context": 2, "fastproxy.upstream.runtime": 2, "fastproxy.upstream.health": 2,
     "fastproxy.listeners": 2, "fastproxy.stats.admin": 2, "fastproxy.reloading": 2,
+    "fastproxy.upgrade": 2,
     # L3 the modes (connection handlers)
     "fastproxy.modes": 3,
     # L4 processes

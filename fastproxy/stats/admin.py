@@ -44,14 +44,14 @@ class AdminServer:
     """Methods for the caller: ``start()``, ``close()``. Raises OSError from bind."""
 
     def __init__(self, reactor: Reactor, address: Address, segment: Segment,
-                 healthy: Callable[[], bool], allow: Iterable[str] = ("127.0.0.0/8", "::1/128"),
+                 unready_because: Callable[[], str | None], allow: Iterable[str] = ("127.0.0.0/8", "::1/128"),
                  ) -> None:
         self.reactor = reactor
         self.address = address
         self.allow = AddressSet(allow)
         self._procs: tuple[float, frozenset[int], dict[int, dict[str, float]]] | None = None
         self.segment = segment
-        self.healthy = healthy
+        self.unready_because = unready_because   # None while serving
         self.sock: socket.socket | None = None
         self.clients: set[_AdminClient] = set()
 
@@ -87,9 +87,10 @@ class AdminServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         if path == "/healthz":
-            if self.healthy():
+            why = self.unready_because()
+            if why is None:
                 return 200, "text/plain", b"ok\n"
-            return 503, "text/plain", b"no worker ready\n"
+            return 503, "text/plain", why.encode() + b"\n"
         if path in ("/metrics", "/stats"):
             snap = self.segment.snapshot()
             procs = self._process_info([w["pid"] for w in snap["workers"]]

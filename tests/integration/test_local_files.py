@@ -32,13 +32,13 @@ import os, signal, sys
 from fastproxy import master
 from fastproxy.cli import main
 
-write = master.Master._write_pidfile
+write = master.write_pid
 
-def write_then_hup(self):
-    write(self)
+def write_then_hup(path):
+    write(path)
     os.kill(os.getpid(), signal.SIGHUP)
 
-master.Master._write_pidfile = write_then_hup
+master.write_pid = write_then_hup
 sys.exit(main(sys.argv[1:]))
 """
 

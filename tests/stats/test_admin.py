@@ -24,7 +24,7 @@ def server(monkeypatch: pytest.MonkeyPatch, reads: list[list[int]]) -> Any:
     monkeypatch.setattr(admin, "process_info", process_info)
     segment = Segment.create(bytearray(Segment.size_for(2, 4)), 2, 4, master_pid=os.getpid())
     return admin.AdminServer(Clock(), Address("127.0.0.1", 1), segment,  # type: ignore[arg-type]
-                             lambda: True, ["127.0.0.1/32", "::1/128"])
+                             lambda: None, ["127.0.0.1/32", "::1/128"])
 
 
 def test_process_figures_are_read_once_per_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,6 +37,13 @@ def test_process_figures_are_read_once_per_ttl(monkeypatch: pytest.MonkeyPatch) 
     srv.reactor.now += admin.PROCESS_INFO_TTL
     srv.respond("GET", "/metrics")
     assert len(reads) == 2
+
+
+def test_healthz_says_why_it_is_not_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = server(monkeypatch, [])
+    assert srv.respond("GET", "/healthz") == (200, "text/plain", b"ok\n")
+    srv.unready_because = lambda: "draining"
+    assert srv.respond("GET", "/healthz") == (503, "text/plain", b"draining\n")
 
 
 def test_allow_list() -> None:
