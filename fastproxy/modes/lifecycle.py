@@ -133,10 +133,17 @@ class Lifecycle:
         """The worker drains (reload, QUIT): an idle keep-alive connection is
         closed at once with a FIN; one with an exchange under way gets
         ``Connection: close`` on its response (if the head has not left yet,
-        ``HttpMode.response_head``) and is closed after it."""
+        ``HttpMode.response_head``) and is closed after it, and so does one
+        whose next request has arrived and is not read yet.
+
+        The idle one lingers (its input read and dropped until the client's
+        EOF or LINGER_SECONDS): a request the client sent as the FIN was on
+        its way then meets an open socket and the client reads a clean EOF,
+        which HTTP clients retry on a new connection; a closed socket would
+        answer it with a reset."""
         if conn.state is Conn.OPEN and conn.ex is None and not conn.out \
-                and not conn.parser.buffer:
-            self.close_now(conn)
+                and not conn.parser.buffer and not conn.transport.has_input():
+            self.close_now(conn, linger=True)
 
     # -- closing -----------------------------------------------------------------------
     def close_when_flushed(self, conn: ClientConnection) -> None:
@@ -144,15 +151,16 @@ class Lifecycle:
         if not conn.out:
             self.close_now(conn)
 
-    def close_now(self, conn: ClientConnection) -> None:
-        """Close after a complete answer (lingering when request bytes were left unread)."""
+    def close_now(self, conn: ClientConnection, linger: bool = False) -> None:
+        """Close after a complete answer (lingering when request bytes were left
+        unread, or when asked)."""
         if conn.state is Conn.CLOSED:
             return
         self._release_upstream(conn)
         conn.state = Conn.CLOSED
         parser = conn.parser
         transport = conn.transport
-        if (parser.buffered or parser.state not in _QUIET_STATES) and not conn.eof:
+        if (linger or parser.buffered or parser.state not in _QUIET_STATES) and not conn.eof:
             linger_close(conn.reactor, transport, bool(conn.mask), conn.closed)
             return
         if conn.mask:

@@ -46,6 +46,16 @@ class PlainTransport:
         self.send: Callable[[bytes | bytearray | memoryview], int] = sock.send
         self.can_splice = True
 
+    def has_input(self) -> bool:
+        """Bytes (or an EOF) wait to be read: peeked, nothing taken."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True   # an error to read: the read path deals with it
+        return True
+
     def shutdown_write(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_WR)

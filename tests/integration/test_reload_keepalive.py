@@ -4,7 +4,10 @@
   wait for ``idle`` (60 s here), longer than ``graceful_timeout``, and was
   then aborted with a reset;
 - a request in flight is answered, with ``Connection: close``, and then the
-  connection closes.
+  connection closes;
+- a request that crosses that FIN (sent before the client saw it) meets an
+  open socket that drops it: the client reads a clean EOF, which clients
+  retry on a new connection; the closed socket used to answer with a reset.
 """
 
 from __future__ import annotations
@@ -73,5 +76,21 @@ def test_a_request_in_flight_gets_connection_close(run_http_proxy, backend_facto
         assert resp.status == 200 and resp.body == b"ok"
         assert (resp.header("Connection") or "").lower() == "close"
         client.sock.settimeout(TIMEOUT)
+        assert client.sock.recv(1) == b""
+    proxy.assert_healthy()
+
+
+def test_a_request_crossing_the_fin_is_not_reset(run_http_proxy, backend_factory) -> None:
+    proxy = start(run_http_proxy, backend_factory, Gate())
+    with HttpClient(proxy.port) as client:
+        assert client.request("GET", "/first").status == 200
+        reload_and_wait(proxy)
+        client.sock.settimeout(TIMEOUT)
+        assert client.sock.recv(1) == b""            # the FIN is here ...
+        client.send(b"GET /late HTTP/1.1\r\nHost: test.local\r\n\r\n")   # ... and a request
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as other:
+            other.sendall(b"GET /x HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            assert other.recv(12).startswith(b"HTTP/1.1 200")   # (the late bytes have landed)
+        client.send(b"GET /later HTTP/1.1\r\nHost: test.local\r\n\r\n")   # no EPIPE: no reset
         assert client.sock.recv(1) == b""
     proxy.assert_healthy()
