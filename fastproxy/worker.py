@@ -100,7 +100,8 @@ class Acceptor:
             self.active = False
 
     def _on_readable(self, _mask: int) -> None:
-        self.accept_batch(ACCEPT_BATCH)
+        if self.active:   # not an event polled before this pass paused or closed it
+            self.accept_batch(ACCEPT_BATCH)
 
     def accept_batch(self, limit: int) -> int:
         """Accept up to ``limit`` connections; returns how many."""

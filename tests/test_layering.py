@@ -21,6 +21,7 @@ MODULES = sorted(
 LAYERS: dict[str, int] = {
     # L0 pure: data, protocol, policy
     "fastproxy": 0, "fastproxy.config": 0, "fastproxy.overrides": 0, "fastproxy.errors": 0, "fastproxy.arbiter": 0,
+    "fastproxy.fairqueue": 0,
     "fastproxy.http": 0, "fastproxy.proxyproto": 0, "fastproxy.acl": 0,
     "fastproxy.upstream": 0, "fastproxy.upstream.balance": 0, "fastproxy.upstream.parents": 0,
     "fastproxy.stats": 0, "fastproxy.stats.shm": 0, "fastproxy.stats.export": 0,

@@ -36,6 +36,7 @@ Content-Length body buffered with its head takes ~1.6 µs through
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -119,7 +120,7 @@ class BodyReader:
         ``chunked`` with a body that is not chunked.
         """
         if self._error is not None:
-            raise self._error
+            raise copy.copy(self._error)
         if chunked and self.body_kind is not BodyKind.CHUNKED:
             raise ParserUsageError(f"read_body(chunked=True) of a {self.body_kind.value} body")
         try:
@@ -144,11 +145,18 @@ class BodyReader:
         """Enter ERROR for good (rule 3 of ``state.py``) and raise the error,
         blamed on its side (the response parser's are the upstream's)."""
         error = self._blame(exc)
-        self._error = error
+        # No cycle through a traceback (it holds its frames, and they the
+        # connection that owns this parser: garbage only the workers' rare
+        # cyclic collections free): the error is kept untraced and raised
+        # again as copies, and this frame lets go of what it raises.
+        self._error = copy.copy(error)
         self._go(Trigger.FAIL)
-        if error is exc:
-            raise exc
-        raise error from exc
+        try:
+            if error is exc:
+                raise exc
+            raise error from exc
+        finally:
+            del exc, error
 
     def _take(self, n: int) -> bytes:
         buf = self.buffer

@@ -51,6 +51,7 @@ abandoned the same way: take its ``trailing_data`` and relay raw bytes.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable
 
@@ -114,7 +115,7 @@ class _Parser(BodyReader):
     def next_event(self) -> Event | Signal:
         """The next event, NEED_DATA or PAUSED. Raises ProtocolError (rule 3)."""
         if self._error is not None:
-            raise self._error
+            raise copy.copy(self._error)   # untraced: see BodyReader._fail_with
         try:
             while True:
                 result = _READERS[self.state](self)

@@ -6,7 +6,9 @@ The engine with the forward proxy's steps:
    (``allow_clients``), loops (a Via naming ``server.name``: 403), credentials
    (``users``: 407 with a challenge; a new token is hashed on the worker's
    credential threads while the exchange waits: identical tokens share one
-   check, at most CHECKS_PENDING are in flight (then 503), and a client past
+   check; checks wait in a ``FairQueue``: at most CHECKS_PENDING in all and
+   PER_CLIENT_CHECKS per client (then 503), a client in good standing first;
+   a check whose requests are all gone is dropped unhashed; a client past
    FAILURES_PER_WINDOW failures a minute gets 407 without hashing), the
    request form (absolute-form ``http://`` or CONNECT; anything else is 400),
    the port (``connect_ports`` for CONNECT, ``http_ports`` for plain HTTP).
@@ -45,6 +47,7 @@ from fastproxy.acl import (
     parse_ip,
 )
 from fastproxy.config import Forward, Listener
+from fastproxy.fairqueue import FairQueue
 from fastproxy.errors import ProtocolError
 from fastproxy.http.rewrite import forwarded_for
 from fastproxy.modes.exchange import Answer, Exchange
@@ -62,7 +65,8 @@ if TYPE_CHECKING:
 
 KEEPALIVE_PER_DESTINATION = 32
 HASH_THREADS = 2
-CHECKS_PENDING = 64          # distinct credentials being hashed at once, per worker
+CHECKS_PENDING = 64          # distinct credentials queued or hashing, per worker ...
+PER_CLIENT_CHECKS = 4        # ... and per client address
 FAILURES_PER_WINDOW = 10     # failed credential checks per client ...
 FAILURE_WINDOW = 60.0        # ... per minute; then its new tokens are refused unhashed
 _CACHE_MAX = 10_000   # per-worker caches: literal destinations, decisions, peers
@@ -125,6 +129,8 @@ class Admission(Step):
         self.auth = auth
         self.hasher = hasher   # threads of their own: a flood of tokens never delays DNS
         self._checking: dict[bytes, list[tuple[ClientConnection, Exchange]]] = {}
+        self._queue: FairQueue[PendingCheck] = FairQueue(PER_CLIENT_CHECKS, CHECKS_PENDING)
+        self._hashing = 0
         self._failed: dict[str, tuple[int, float]] = {}   # client -> (failures, window start)
         self._clients: dict[str, bool] = {}  # the policy is fixed for a worker: cached
 
@@ -143,12 +149,18 @@ class Admission(Step):
         if auth.required:
             found = auth.cached(ex.request.get(b"proxy-authorization"))
             if isinstance(found, PendingCheck):
-                if self._throttled(conn.client_ip, conn.reactor.now):
+                client, now = conn.client_ip, conn.reactor.now
+                waiting = self._checking.get(found.key)
+                if waiting is not None:    # the same token is being checked: wait for it
+                    waiting.append((conn, ex))
+                    return PENDING
+                if self._throttled(client, now):
                     found = None   # too many failures from this client: no more hashing
-                elif found.key not in self._checking and len(self._checking) >= CHECKS_PENDING:
+                elif not self._queue.add(client, found, self._in_good_standing(client, now)):
                     return conn.mode.error(503, "credential checks busy")
                 else:
-                    self._check(found, conn, ex)
+                    self._checking[found.key] = [(conn, ex)]
+                    self._hash_next()
                     return PENDING
             if found is None:
                 c[C.auth_failures] += 1
@@ -166,24 +178,39 @@ class Admission(Step):
         ex.note = target
         return None
 
-    def _check(self, pending: PendingCheck, conn: ClientConnection, ex: Exchange) -> None:
-        """Hash the credentials off the loop; identical tokens share one check."""
-        waiting = self._checking.get(pending.key)
-        if waiting is not None:
-            waiting.append((conn, ex))
-            return
-        self._checking[pending.key] = [(conn, ex)]
+    def _hash_next(self) -> None:
+        """Start queued checks on the credential threads while one is free."""
         assert self.hasher is not None
-        conn.c[C.auth_checks] += 1
-        self.hasher.run_blocking(functools.partial(self.auth.verify, pending),
-                                 functools.partial(self._checked, pending))
+        while self._hashing < HASH_THREADS:
+            taken = self._queue.take()
+            if taken is None:
+                return
+            client, pending = taken
+            waiting = [(conn, ex) for conn, ex in self._checking.get(pending.key, ())
+                       if conn.ex is ex]
+            if not waiting:   # every request that asked is gone (timed out, closed)
+                self._checking.pop(pending.key, None)
+                self._queue.done(client)
+                continue
+            self._checking[pending.key] = waiting
+            self._hashing += 1
+            waiting[0][0].c[C.auth_checks] += 1
+            self.hasher.run_blocking(functools.partial(self.auth.verify, pending),
+                                     functools.partial(self._checked, client, pending))
 
-    def _checked(self, pending: PendingCheck, user: str | None) -> None:
+    def _checked(self, client: str, pending: PendingCheck, user: str | None) -> None:
+        self._hashing -= 1
+        self._queue.done(client)
         self.auth.remember(pending, user)
         for conn, ex in self._checking.pop(pending.key, []):
             if user is None:
                 self._failure(conn.client_ip, conn.reactor.now)
             conn.resume(ex)
+        self._hash_next()
+
+    def _in_good_standing(self, client: str, now: float) -> bool:
+        count, since = self._failed.get(client, (0, now))
+        return count == 0 or now - since >= FAILURE_WINDOW
 
     def _throttled(self, client: str, now: float) -> bool:
         count, since = self._failed.get(client, (0, now))

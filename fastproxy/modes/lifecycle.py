@@ -31,7 +31,7 @@ from fastproxy.http import BodyKind, Request
 from fastproxy.http import State as ParserState
 from fastproxy.modes.exchange import Exchange
 from fastproxy.modes.exchange import State as X
-from fastproxy.modes.transport import linger_close
+from fastproxy.modes.transport import LINGER_SECONDS, linger_close
 from fastproxy.modes.upstream_conn import PARK_SECONDS
 from fastproxy.relay import Relay
 from fastproxy.stats.shm import C
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from fastproxy.modes.client import ClientConnection
 
 _QUIET_STATES = frozenset((ParserState.IDLE, ParserState.DONE, ParserState.CLOSED))
+DRAIN_LINGER = 0.5   # long enough for a request crossing the FIN; short: a drain waits for it
 _NO_REQUEST = Request(b"-", b"-")  # what the log shows for a head that never parsed
 
 
@@ -134,16 +135,19 @@ class Lifecycle:
         closed at once with a FIN; one with an exchange under way gets
         ``Connection: close`` on its response (if the head has not left yet,
         ``HttpMode.response_head``) and is closed after it, and so does one
-        whose next request has arrived and is not read yet.
+        whose next request has arrived and is not read yet, and one that has
+        not served a request yet (just accepted: its client is about to send
+        the first request, which a client may not retry if it is a POST; the
+        header timeout bounds it).
 
-        The idle one lingers (its input read and dropped until the client's
-        EOF or LINGER_SECONDS): a request the client sent as the FIN was on
-        its way then meets an open socket and the client reads a clean EOF,
-        which HTTP clients retry on a new connection; a closed socket would
-        answer it with a reset."""
-        if conn.state is Conn.OPEN and conn.ex is None and not conn.out \
+        The idle one lingers briefly (its input read and dropped until the
+        client's EOF or DRAIN_LINGER): a request the client sent as the FIN
+        was on its way then meets an open socket and the client reads a
+        clean EOF, which HTTP clients retry on a new connection; a closed
+        socket would answer it with a reset."""
+        if conn.state is Conn.OPEN and conn.served and conn.ex is None and not conn.out \
                 and not conn.parser.buffer and not conn.transport.has_input():
-            self.close_now(conn, linger=True)
+            self.close_now(conn, linger=DRAIN_LINGER)
 
     # -- closing -----------------------------------------------------------------------
     def close_when_flushed(self, conn: ClientConnection) -> None:
@@ -151,9 +155,9 @@ class Lifecycle:
         if not conn.out:
             self.close_now(conn)
 
-    def close_now(self, conn: ClientConnection, linger: bool = False) -> None:
+    def close_now(self, conn: ClientConnection, linger: float = 0.0) -> None:
         """Close after a complete answer (lingering when request bytes were left
-        unread, or when asked)."""
+        unread, or for ``linger`` seconds when asked)."""
         if conn.state is Conn.CLOSED:
             return
         self._release_upstream(conn)
@@ -161,7 +165,8 @@ class Lifecycle:
         parser = conn.parser
         transport = conn.transport
         if (linger or parser.buffered or parser.state not in _QUIET_STATES) and not conn.eof:
-            linger_close(conn.reactor, transport, bool(conn.mask), conn.closed)
+            linger_close(conn.reactor, transport, bool(conn.mask), conn.closed,
+                         linger or LINGER_SECONDS)
             return
         if conn.mask:
             conn.reactor.forget(transport.fd)

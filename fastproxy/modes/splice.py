@@ -35,20 +35,19 @@ class BodySplice:
     yet written), ``moved``, ``eof``, ``release()``. ``step`` raises OSError
     from either socket."""
 
-    __slots__ = ("mover", "parser", "c", "read_counter")
+    __slots__ = ("mover", "parser")
 
     def __init__(self, pool: PipePool, counters: memoryview, src: socket.socket,
                  dst: socket.socket, parser: RequestParser | ResponseParser, read_counter: int,
                  write_counter: int) -> None:
         self.parser = parser
-        self.c = counters
-        self.read_counter = read_counter
-        self.mover = Mover(pool, counters, src, dst, parser.body_remaining, self._read,
-                           write_counter)
+        consumed = parser.body_consumed
 
-    def _read(self, n: int) -> None:
-        self.c[self.read_counter] += n
-        self.parser.body_consumed(n)
+        def read(n: int) -> None:   # not a method of self: the mover would hold a cycle
+            counters[read_counter] += n
+            consumed(n)
+
+        self.mover = Mover(pool, counters, src, dst, parser.body_remaining, read, write_counter)
 
     def step(self) -> bool:
         """Move what can move now; True when the body is complete (the parser

@@ -75,12 +75,12 @@ class _Lingering:
     __slots__ = ("reactor", "transport", "timer", "dropped", "on_closed")
 
     def __init__(self, reactor: Reactor, transport: PlainTransport,
-                 on_closed: Callable[[], None]) -> None:
+                 on_closed: Callable[[], None], seconds: float) -> None:
         self.reactor = reactor
         self.transport = transport
         self.dropped = 0
         self.on_closed = on_closed
-        self.timer: Timer = reactor.call_later(LINGER_SECONDS, self.close)
+        self.timer: Timer = reactor.call_later(seconds, self.close)
 
     def on_read(self, _mask: int) -> None:
         try:
@@ -104,12 +104,12 @@ class _Lingering:
 
 
 def linger_close(reactor: Reactor, transport: PlainTransport, registered: bool,
-                 on_closed: Callable[[], None]) -> None:
+                 on_closed: Callable[[], None], seconds: float = LINGER_SECONDS) -> None:
     """Shut the write side, drop what the client still sends, then close
-    (at its EOF or after LINGER_SECONDS); ``on_closed()`` when closed.
+    (at its EOF or after ``seconds``); ``on_closed()`` when closed.
     ``registered``: the fd is already in the selector (its callback is replaced)."""
     transport.shutdown_write()
-    lingering = _Lingering(reactor, transport, on_closed)
+    lingering = _Lingering(reactor, transport, on_closed, seconds)
     if registered:
         reactor.modify(transport.fd, EVENT_READ, lingering.on_read)
     else:

@@ -3,6 +3,9 @@ sticky errors and misuse."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from fastproxy.errors import ProtocolError, Side
@@ -126,7 +129,36 @@ def test_errors_are_sticky() -> None:
         p.next_event()
     with pytest.raises(ProtocolError) as again:
         p.next_event()
-    assert again.value is first.value and p.state is State.ERROR
+    assert p.state is State.ERROR
+    assert type(again.value) is type(first.value) and str(again.value) == str(first.value)
+    assert again.value.status == first.value.status
+
+
+def test_a_failed_parser_keeps_no_frames_alive() -> None:
+    """The error a parser keeps has no traceback: one would hold the frames
+    that called it, and so the connection owning the parser, in a cycle that
+    only the cyclic collector frees (the workers run it rarely)."""
+    class Connection:
+        def __init__(self) -> None:
+            self.parser = RequestParser()
+
+        def feed(self, data: bytes) -> None:
+            self.parser.receive_data(data)
+            try:
+                self.parser.next_event()
+            except ProtocolError:
+                pass
+
+    conn = Connection()
+    gone = weakref.ref(conn)
+    gc.disable()
+    try:
+        conn.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX_A: 1\r\n\r\n")
+        conn.feed(b"more")            # raises the kept error again
+        del conn
+        assert gone() is None         # freed by reference counting alone
+    finally:
+        gc.enable()
 
 
 def test_413_at_once_before_any_body_byte() -> None:

@@ -4,7 +4,8 @@ Each distinct token costs a 600,000-round PBKDF2 on the worker's credential
 threads (apart from DNS). After ``FAILURES_PER_WINDOW`` failed checks in a
 minute a client's new tokens are refused without hashing (``auth_checks``
 stops growing), while a valid user elsewhere is served and names still
-resolve. Distinct checks in flight are bounded (CHECKS_PENDING, then 503).
+resolve. Distinct checks waiting or hashing are bounded (CHECKS_PENDING in all,
+PER_CLIENT_CHECKS per client, then 503).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from fastproxy.acl import Authenticator, Policy
 from fastproxy.config import Forward
 from fastproxy.http import Request
 from fastproxy.modes.exchange import Answer
-from fastproxy.modes.forward import CHECKS_PENDING, FAILURES_PER_WINDOW, Admission
+from fastproxy.modes.forward import (
+    CHECKS_PENDING,
+    FAILURES_PER_WINDOW,
+    HASH_THREADS,
+    PER_CLIENT_CHECKS,
+    Admission,
+)
 from fastproxy.modes.phases import PENDING
 from fastproxy.stats.shm import N_COUNTERS
 from tests.integration.forward_helpers import (
@@ -60,7 +67,8 @@ def test_bogus_tokens_are_throttled_per_client(fresh, tmp_path: Path) -> None:
 
 
 def test_distinct_checks_in_flight_are_bounded() -> None:
-    """Without sockets: the 65th distinct token waiting for its hash is 503, not queued."""
+    """Without sockets: distinct tokens wait in a bounded queue, CHECKS_PENDING in
+    all and PER_CLIENT_CHECKS per client (then 503); only HASH_THREADS hash at once."""
     forward = Forward(users={"alice": "pbkdf2_sha256$600000$c2FsdA==$"
                                       "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
     started: list[object] = []
@@ -68,17 +76,24 @@ def test_distinct_checks_in_flight_are_bounded() -> None:
     admission = Admission(forward, Policy.from_config(forward),
                           Authenticator.from_config(forward), hasher, b"proxy-1")
     mode = SimpleNamespace(error=lambda status, detail, extra=b"": Answer(status, b""))
-    conn = SimpleNamespace(c=[0] * N_COUNTERS, client_ip="127.0.0.1", mode=mode,
-                           reactor=SimpleNamespace(now=0.0))
 
-    def attempt(i: int) -> object:
+    def attempt(client: str, i: int) -> object:
         token = basic("mallory", f"guess-{i}").encode()
         request = Request(b"GET", b"http://127.0.0.1/", ((b"Host", b"127.0.0.1"),
                                                         (b"Proxy-Authorization", token)))
-        return admission.request_filter(conn, SimpleNamespace(request=request))
+        ex = SimpleNamespace(request=request)
+        conn = SimpleNamespace(c=[0] * N_COUNTERS, client_ip=client, mode=mode, ex=ex,
+                               reactor=SimpleNamespace(now=0.0))
+        return admission.request_filter(conn, ex)
 
-    assert all(attempt(i) is PENDING for i in range(CHECKS_PENDING))
-    busy = attempt(CHECKS_PENDING)
-    assert isinstance(busy, Answer) and busy.status == 503
-    assert attempt(0) is PENDING            # the same token joins its check in flight
-    assert len(started) == CHECKS_PENDING
+    one = "127.0.0.1"
+    assert all(attempt(one, i) is PENDING for i in range(PER_CLIENT_CHECKS))
+    busy = attempt(one, PER_CLIENT_CHECKS)
+    assert isinstance(busy, Answer) and busy.status == 503       # this client holds enough
+    assert attempt(one, 0) is PENDING         # the same token joins its check
+    clients = [f"127.0.{i // 250}.{i % 250 + 2}" for i in range(CHECKS_PENDING)]
+    for i, client in enumerate(clients[:CHECKS_PENDING - PER_CLIENT_CHECKS]):
+        assert attempt(client, 1000 + i) is PENDING
+    busy = attempt(clients[-1], 5000)
+    assert isinstance(busy, Answer) and busy.status == 503       # the queue is full
+    assert len(started) == HASH_THREADS       # the others wait their turn, unhashed
