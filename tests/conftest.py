@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fastproxy.reactor import Reactor
 
@@ -31,11 +32,78 @@ HOST = "127.0.0.1"
 TIMEOUT = 10.0
 ROOT = Path(__file__).resolve().parent.parent
 
+# Property tests: the same examples on every run (derandomize: seeded from each
+# test's own source), no example database carried between runs, and nothing that
+# depends on how fast this machine is (no deadline, no too_slow health check):
+# a run fails for the code under test, never for the draw or the load. The
+# ``settings(...)`` of the test modules inherit this profile; set
+# FASTPROXY_HYPOTHESIS_PROFILE=explore to draw new examples (a fuzzing session).
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", derandomize=False, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("FASTPROXY_HYPOTHESIS_PROFILE", "deterministic"))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+
+# -- ports -----------------------------------------------------------------------
+# The sockets holding the ports free_port() handed out, one list per scope that
+# is still running (the session's, the module's, the test's), innermost last.
+_held: list[list[socket.socket]] = [[]]
+
+
+def free_port(host: str = HOST) -> int:
+    """A port on ``host`` that nothing listens on and that no other process can
+    take until the end of the test (or of the module, for a module-scoped fixture).
+
+    Binding port 0 and closing the socket would leave a window in which another
+    process, or the ephemeral source port of any outgoing connection, takes the
+    port before the master or backend meant to bind it does. So the port stays
+    bound, by a socket with SO_REUSEADDR and SO_REUSEPORT that never listens: on
+    Linux that keeps it out of every other bind(0) and out of connect()'s choice
+    of a source port, while a listener with SO_REUSEADDR (fastproxy's, the tests'
+    backends) can still bind and listen on it, and a connect before that (or to
+    a port used as a "dead" address) is refused. A listener without SO_REUSEADDR
+    cannot bind it: such a listener binds port 0 instead.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host, 0))
+    except BaseException:
+        holder.close()
+        raise
+    _held[-1].append(holder)
+    return int(holder.getsockname()[1])
+
+
+def _holding_ports() -> Iterator[None]:
+    """Release, at the end of the scope, the ports free_port() reserved in it."""
+    held: list[socket.socket] = []
+    _held.append(held)
+    try:
+        yield
+    finally:
+        for i in range(len(_held) - 1, 0, -1):     # by identity: scopes nest
+            if _held[i] is held:
+                del _held[i]
+                break
+        for holder in held:
+            holder.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_ports() -> Iterator[None]:
+    """Ports reserved by module-scoped fixtures stay reserved for the module."""
+    yield from _holding_ports()
+
+
+@pytest.fixture(autouse=True)
+def _test_ports() -> Iterator[None]:
+    """Ports reserved by a test and its fixtures stay reserved until its
+    teardown (set up first, so torn down after its masters and backends)."""
+    yield from _holding_ports()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:

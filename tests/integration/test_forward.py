@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import pytest
 
+from fastproxy.upstream.balance import IpHash
 from tests.conftest import HOST, TIMEOUT, Backend, echo_handler, free_port, hash_handler, wait_until
 from tests.integration.forward_helpers import (
     ForwardProxy,
@@ -804,11 +805,21 @@ def test_parents_names_need_the_allow_list(front: ForwardProxy, app: PeerBackend
 
 def test_parents_sticky(fresh: Callable[..., ForwardProxy], parents: list[ForwardProxy],
                         app: PeerBackend, tunnel_ports: list[int]) -> None:
+    """``sticky`` is ip_hash over the parents, whose ring points depend on
+    their ports: the 16 clients are picked from 127.0.0.0/24 by that ring, 8
+    per parent, so that both are used whatever the ports are."""
     proxy = fresh({"connect_ports": tunnel_ports, "rotation": "sticky",
                    "upstream_proxies": [p.url for p in parents]})
+    ring = IpHash([(f"{HOST}:{p.port}", 1) for p in parents])
+    clients: dict[int, list[str]] = {}
+    for i in range(1, 255):
+        owned = clients.setdefault(ring.candidates(f"127.0.0.{i}", [True, True])[0], [])
+        if len(owned) < 8:
+            owned.append(f"127.0.0.{i}")
+    assert sorted(len(owned) for owned in clients.values()) == [8, 8], clients
     chosen: dict[str, set[str]] = {}
-    for i in range(1, 17):
-        client_ip = f"127.0.0.{i}"
+    for client_ip in sorted(ip for owned in clients.values() for ip in owned):
+        i = int(client_ip.rsplit(".", 1)[1])
         for j in range(2):
             with SourceClient(proxy.port, client_ip) as client:
                 path = f"/sticky/{i}/{j}"
@@ -817,8 +828,8 @@ def test_parents_sticky(fresh: Callable[..., ForwardProxy], parents: list[Forwar
             record = wait_record(proxy, lambda r, path=path: r["target"].endswith(path))
             chosen.setdefault(client_ip, set()).add(record["upstream"])
     assert all(len(v) == 1 for v in chosen.values()), chosen
-    used = set().union(*chosen.values())
-    assert used == {f"{HOST}:{p.port}" for p in parents}, chosen   # 2 / 2**16 by chance
+    assert chosen == {ip: {f"{HOST}:{parents[owner].port}"}
+                      for owner, owned in clients.items() for ip in owned}, chosen
 
 
 def test_dead_parent_skipped_and_down(fresh: Callable[..., ForwardProxy],
@@ -896,29 +907,39 @@ def test_counters_and_access_log(fwd: ForwardProxy, app: PeerBackend, echo: Back
 def test_password_hashing_does_not_block_the_worker(fresh: Callable[..., ForwardProxy],
                                                     app: PeerBackend) -> None:
     """A slow hash (many PBKDF2 rounds) for a new, wrong password runs off the
-    event loop: a client with cached credentials is answered meanwhile."""
+    event loop: a client with cached credentials is answered meanwhile.
+
+    A request waits for its hash under the ``connect`` timeout (an admission
+    step, 504 when it expires), and 3,000,000 rounds take about a second on an
+    idle machine but several on a busy one: that timeout and the clients' are
+    ``hash_wait``, far above either."""
     from fastproxy.cli import hash_password
 
+    hash_wait = 60.0
     slow = hash_password(PASSWORD, 3_000_000)          # about a second here
-    proxy = fresh({"users": {"alice": slow}})
+    proxy = fresh({"users": {"alice": slow}}, timeouts={"connect": hash_wait})
     url = f"http://{app.address}/auth-offload"
     good = [("Proxy-Authorization", basic("alice", PASSWORD))]
-    with HttpClient(proxy.port) as warm:                # verify once: now cached
+    wrong = [("Proxy-Authorization", basic("alice", "wrong"))]
+    with HttpClient(proxy.port, timeout=hash_wait) as warm:   # verify once: now cached
         assert warm.request("GET", url, host=app.address, headers=good).status == 200
+        checks = proxy.totals()["auth_checks"]
         results: dict[str, float] = {}
 
         def wrong_password() -> None:
-            resp = proxy_get(proxy.port, url, headers=[("Proxy-Authorization",
-                                                        basic("alice", "wrong"))])
+            with HttpClient(proxy.port, timeout=hash_wait) as client:
+                status = client.request("GET", url, host=app.address, headers=wrong).status
             results["wrong"] = time.monotonic()
-            assert resp.status == 407
+            results["wrong_status"] = status
 
-        thread = threading.Thread(target=wrong_password)
+        thread = threading.Thread(target=wrong_password, daemon=True)
         thread.start()
-        time.sleep(0.2)                                  # the hash is under way
+        wait_until(lambda: proxy.totals()["auth_checks"] == checks + 1, TIMEOUT,
+                   "the wrong password's hash to start")   # counted as it is handed over
         resp = warm.request("GET", url, host=app.address, headers=good)
         results["cached"] = time.monotonic()
-        thread.join(30)
+        thread.join(hash_wait)
+    assert not thread.is_alive(), "the wrong password's request is still waiting"
     assert resp.status == 200
-    assert "wrong" in results
+    assert results.get("wrong_status") == 407, results
     assert results["cached"] < results["wrong"], "the cached client waited for the hash"

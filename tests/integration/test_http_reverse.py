@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import TIMEOUT, free_port, wait_until
 from tests.integration.http_backends import (
     WS_GREETING,
     HttpBackend,
@@ -256,29 +256,53 @@ def test_upstream_connection_close_keeps_client_alive(run_http_proxy, backend_fa
     proxy.assert_healthy()
 
 
-def _close_when_idle_handler(conn: socket.socket, backend: object) -> None:
-    """Answer one request (body read), then close 0.2 s later: a server with
-    a short keep-alive timeout."""
-    head, rest = read_head(conn)
-    length = int(head_field(head, b"content-length") or b"0")
-    while len(rest) < length:
-        data = conn.recv(65536)
-        if not data:
+class ClosesWhenIdle:
+    """A server with a short keep-alive timeout, as a handler: it answers one
+    request (body read) per connection; once the test has its response (a
+    ``close_idle`` release) it closes its side (FIN) of the now idle
+    connection, then reads until the proxy closes its end too and counts that
+    in ``dropped``."""
+
+    def __init__(self) -> None:
+        self.close_idle = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.dropped = 0
+
+    def __call__(self, conn: socket.socket, backend: object) -> None:
+        head, rest = read_head(conn)
+        length = int(head_field(head, b"content-length") or b"0")
+        while len(rest) < length:
+            data = conn.recv(65536)
+            if not data:
+                return
+            rest += data
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if not self.close_idle.acquire(timeout=TIMEOUT):
             return
-        rest += data
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    time.sleep(0.2)
+        conn.shutdown(socket.SHUT_WR)
+        try:
+            while conn.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass                    # closed by the proxy all the same
+        with self.lock:
+            self.dropped += 1
 
 
 def test_pooled_connection_closed_by_server_is_not_reused(run_http_proxy, backend_factory) -> None:
     """An idle pooled connection the server closed is dropped at once (the
-    pool watches it), so even a POST, which is never retried, gets through."""
-    backend = backend_factory(_close_when_idle_handler)
+    pool watches it), so even a POST, which is never retried, gets through.
+    Each POST is sent once the proxy has closed its end of the connection the
+    server closed, the drop itself (not a pause) ordering the two."""
+    server = ClosesWhenIdle()
+    backend = backend_factory(server)
     proxy = run_http_proxy({"app": [backend.address]})
     for i in range(4):
         resp = exchange(proxy.port, "POST", f"/p/{i}", body=b"data")
         assert (resp.status, resp.body) == (200, b"ok"), i
-        time.sleep(0.5)  # the server closes its side meanwhile
+        server.close_idle.release()
+        wait_until(lambda n=i + 1: server.dropped == n, TIMEOUT,
+                   f"the proxy to drop pooled connection #{i + 1} the server closed")
     assert backend.accepted == 4
     assert proxy.totals()["responses_5xx"] == 0
 
@@ -773,8 +797,14 @@ def test_bad_chunked_body_not_forwarded_on_pooled_connection(
     head = build_request("POST", "/hash", headers=[("Transfer-Encoding", "chunked")])
     resp, closed = raw_exchange(proxy.port, head + b"0x5\r\nhello\r\n0\r\n\r\n")
     assert resp is not None and resp.status == 400 and closed
-    time.sleep(0.3)  # give stray bytes the time to arrive before looking
-    assert app.snapshot()[1] == before[1], app.request_lines
+    # Not a pause but a later request through the same worker: it takes the
+    # pooled connection if that is still pooled, behind anything the bad request
+    # left on it; a connection the proxy closed instead is read to its end by
+    # its handler, then forgotten (so at most the pooled one is left open).
+    assert exchange(proxy.port, "GET", "/after").status == 200
+    wait_until(lambda: len(app.conns) <= 1, TIMEOUT, "the backend to read every closed connection")
+    with app.lock:
+        assert app.request_lines[before[1]:] == [b"GET /after HTTP/1.1\r\n"], app.request_lines
 
 
 @pytest.mark.parametrize("fields,expected", [
@@ -1045,15 +1075,27 @@ COMBINED = re.compile(
     r'(?P<rt>\d+\.\d{3}) (?P<ut>\d+\.\d{3}|-)$')
 
 
-def _log_lines(proxy: HttpProxy, count: int) -> list[str]:
-    assert proxy.access_log is not None
+LOG_MARKER = "/access-log-marker"
 
-    def enough() -> bool:
-        return proxy.access_log.exists() and \
-            len(proxy.access_log.read_text().splitlines()) >= count
-    wait_until(enough, 5.0, f"{count} access log lines")
-    time.sleep(0.3)  # let a (wrong) extra line show up too
-    return proxy.access_log.read_text().splitlines()
+
+def _log_lines(proxy: HttpProxy, count: int) -> list[str]:
+    """The access log once ``count`` lines are in it, and checked to be all of
+    it: once the proxy has closed every connection (a wrong line written at a
+    close is written by then), a marker request is logged; a wrong extra line
+    would be before the marker's, which must be the last (one worker writes
+    the log, in order). Returns the lines without the marker's."""
+    path = proxy.access_log
+    assert path is not None
+
+    def lines() -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+    wait_until(lambda: len(lines()) >= count, 5.0, f"{count} access log lines")
+    wait_until(lambda: proxy.totals()["conn_active"] == 0, 5.0, "every connection closed")
+    assert exchange(proxy.port, "GET", LOG_MARKER).status == 200
+    wait_until(lambda: any(LOG_MARKER in line for line in lines()), 5.0, "the marker's log line")
+    got = lines()
+    assert LOG_MARKER in got[-1] and not any(LOG_MARKER in line for line in got[:-1]), got
+    return got[:-1]
 
 
 @pytest.mark.parametrize("fmt", ["combined", "json"])

@@ -11,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, _stop, wait_until
-
-
-def _free_port6() -> int:
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import TIMEOUT, _stop, free_port, wait_until
 
 
 @pytest.fixture
@@ -52,7 +46,7 @@ def echo6() -> tuple[int, threading.Event]:
 
 def test_tcp_mode_over_ipv6(echo6: tuple[int, threading.Event], tmp_path: Path) -> None:
     backend_port, _ = echo6
-    port, admin = _free_port6(), _free_port6()
+    port, admin = free_port("::1"), free_port("::1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastproxy", "run", "--mode", "tcp", "--listen", f"[::1]:{port}",
          "--upstream", f"[::1]:{backend_port}", "--workers", "1", "--admin", f"[::1]:{admin}",
