@@ -486,8 +486,11 @@ def test_10000_idle_keepalive_clients(run_http_proxy, scripted, raised_nofile: i
     monkeypatch.setattr(http_helpers, "http_config_text", with_max_connections)
     script, backend = scripted("app")
     script.close_after = True
+    # Batches of 500 requests on a busy machine: the connect and read timeouts
+    # (1 s and 2 s for the other tests) must not be what this test measures.
     proxy = run_http_proxy({"app": [backend.address]},
-                           timeouts={"idle": 60.0, "client_header": 60.0})
+                           timeouts={"idle": 60.0, "client_header": 60.0, "connect": 30.0,
+                                     "upstream_read": 30.0})
     (worker_pid,) = proxy.worker_pids()
     worker = psutil.Process(worker_pid)
     assert worker.rlimit(psutil.RLIMIT_NOFILE)[0] >= IDLE_CLIENTS + 1000
