@@ -53,6 +53,7 @@ from fastproxy.http.rewrite import forwarded_for
 from fastproxy.modes.exchange import Answer, Exchange
 from fastproxy.modes.httpcommon import names_in_via, pseudonym, via
 from fastproxy.modes.httpmode import HttpMode
+from fastproxy.modes.lifecycle import Conn
 from fastproxy.modes.phases import PENDING, HeadEdit, Pending, Step
 from fastproxy.modes.reverse import MaxForwards, client_address
 from fastproxy.resolver import Resolver
@@ -187,7 +188,7 @@ class Admission(Step):
                 return
             client, pending = taken
             waiting = [(conn, ex) for conn, ex in self._checking.get(pending.key, ())
-                       if conn.ex is ex]
+                       if conn.ex is ex and conn.state is not Conn.CLOSED]
             if not waiting:   # every request that asked is gone (timed out, closed)
                 self._checking.pop(pending.key, None)
                 self._queue.done(client)

@@ -10,6 +10,7 @@ PER_CLIENT_CHECKS per client, then 503).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from fastproxy.acl import Authenticator, Policy
 from fastproxy.config import Forward
 from fastproxy.http import Request
 from fastproxy.modes.exchange import Answer
+from fastproxy.modes.lifecycle import Conn
 from fastproxy.modes.forward import (
     CHECKS_PENDING,
     FAILURES_PER_WINDOW,
@@ -72,7 +74,9 @@ def test_distinct_checks_in_flight_are_bounded() -> None:
     forward = Forward(users={"alice": "pbkdf2_sha256$600000$c2FsdA==$"
                                       "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
     started: list[object] = []
-    hasher = SimpleNamespace(run_blocking=lambda work, done: started.append(work))
+    finish: list[Callable[[str | None], None]] = []
+    hasher = SimpleNamespace(run_blocking=lambda work, done: (started.append(work),
+                                                              finish.append(done)))
     admission = Admission(forward, Policy.from_config(forward),
                           Authenticator.from_config(forward), hasher, b"proxy-1")
     mode = SimpleNamespace(error=lambda status, detail, extra=b"": Answer(status, b""))
@@ -83,8 +87,12 @@ def test_distinct_checks_in_flight_are_bounded() -> None:
                                                         (b"Proxy-Authorization", token)))
         ex = SimpleNamespace(request=request)
         conn = SimpleNamespace(c=[0] * N_COUNTERS, client_ip=client, mode=mode, ex=ex,
-                               reactor=SimpleNamespace(now=0.0))
+                               state=Conn.OPEN, reactor=SimpleNamespace(now=0.0),
+                               resume=lambda ex: None)
+        conns.append(conn)
         return admission.request_filter(conn, ex)
+
+    conns: list[SimpleNamespace] = []
 
     one = "127.0.0.1"
     assert all(attempt(one, i) is PENDING for i in range(PER_CLIENT_CHECKS))
@@ -97,3 +105,9 @@ def test_distinct_checks_in_flight_are_bounded() -> None:
     busy = attempt(clients[-1], 5000)
     assert isinstance(busy, Answer) and busy.status == 503       # the queue is full
     assert len(started) == HASH_THREADS       # the others wait their turn, unhashed
+    # a check whose requests are gone is dropped, not hashed, when its turn comes
+    for conn in conns:
+        conn.state = Conn.CLOSED
+    finish[0](None)                           # a thread is free: the queue is looked at
+    assert len(started) == HASH_THREADS       # ... and nothing hashed for the gone
+    assert len(admission._checking) == 1      # only the other check still running
