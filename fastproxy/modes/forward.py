@@ -47,8 +47,8 @@ from fastproxy.acl import (
     parse_ip,
 )
 from fastproxy.config import Forward, Listener
-from fastproxy.fairqueue import FairQueue
 from fastproxy.errors import ProtocolError
+from fastproxy.fairqueue import FairQueue
 from fastproxy.http.rewrite import forwarded_for
 from fastproxy.modes.exchange import Answer, Exchange
 from fastproxy.modes.httpcommon import names_in_via, pseudonym, via
