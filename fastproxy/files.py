@@ -7,6 +7,9 @@ follows a link and never opens what is already there: an existing entry
 (a stale file of ours, or a planted link) is removed and the file made anew
 with ``O_EXCL``; one that we may not remove (another user's, in a sticky
 directory) makes the call fail instead.
+
+Also the small process helpers that go with a pidfile: ``read_pid``,
+``alive``, ``signal_process``.
 """
 
 from __future__ import annotations
@@ -97,6 +100,14 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def signal_process(pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid``; a process already gone is not an error."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def remove_stale_segments(directory: str = "/dev/shm") -> None:

@@ -58,6 +58,7 @@ from fastproxy.files import (
     remove_file,
     remove_pidfile,
     remove_stale_segments,
+    signal_process,
     write_pid,
 )
 from fastproxy.listeners import ListenerGroup, ListenerSet
@@ -205,7 +206,7 @@ class Master:
 
     def _cleanup(self) -> None:
         for worker in list(self.workers.values()):
-            _kill(worker.pid, signal.SIGKILL)
+            signal_process(worker.pid, signal.SIGKILL)
         if self.successor is not None:
             self.successor.close()   # it runs on by itself
         remove_pidfile(oldbin(self.config.server.pidfile), os.getpid())
@@ -352,7 +353,7 @@ class Master:
         self.history.setdefault(record.slot, SlotHistory())
         self._steer()
         if self.stopping:
-            _kill(record.pid, signal.SIGTERM)
+            signal_process(record.pid, signal.SIGTERM)
             return
         if record.generation == self.generation and self._reload is None:  # a respawn
             for old in arbiter.workers_to_drain(self.workers.values(), record):
@@ -373,14 +374,14 @@ class Master:
     def _drain_worker(self, record: WorkerRecord) -> None:
         record.state = WorkerState.DRAINING
         record.expected_exit = True
-        _kill(record.pid, signal.SIGQUIT)
+        signal_process(record.pid, signal.SIGQUIT)
         timeout = self.config.server.graceful_timeout + STOP_KILL_AFTER
         self.reactor.call_later(timeout, functools.partial(self._kill_if_alive, record.pid))
 
     def _kill_if_alive(self, pid: int) -> None:
         if pid in self.workers:
             log.warning("worker %d did not exit in time: killing it", pid)
-            _kill(pid, signal.SIGKILL)
+            signal_process(pid, signal.SIGKILL)
 
     def _steer(self) -> None:
         self.listeners.steer(arbiter.steering_slots(self.workers.values(), self.slots))
@@ -496,7 +497,7 @@ class Master:
             else:
                 record.state = WorkerState.DRAINING
                 record.expected_exit = True
-                _kill(record.pid, signal.SIGKILL)   # it has not accepted anything
+                signal_process(record.pid, signal.SIGKILL)   # it has not accepted anything
         pending.settings.undo()
         self.config = pending.previous
         self.slots = pending.previous_slots
@@ -639,7 +640,7 @@ class Master:
             self.notifier.stopping()
         for record in self.workers.values():
             record.expected_exit = True
-            _kill(record.pid, signum)
+            signal_process(record.pid, signum)
         if first:
             self.listeners.close()  # new connections are refused from now on
             self.reactor.call_later(kill_after, self._kill_all)
@@ -648,11 +649,11 @@ class Master:
 
     def _kill_all(self) -> None:
         for record in self.workers.values():
-            _kill(record.pid, signal.SIGKILL)
+            signal_process(record.pid, signal.SIGKILL)
 
     def reopen_logs(self) -> None:
         for record in self.workers.values():
-            _kill(record.pid, signal.SIGUSR1)
+            signal_process(record.pid, signal.SIGUSR1)
 
     # -- USR2 and WINCH (see ``upgrade``) ------------------------------------------------
     def upgrade(self) -> None:
@@ -675,9 +676,3 @@ class Master:
                 self._drain_worker(record)
         log.info("WINCH: workers draining; HUP starts them again, QUIT stops the master")
 
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastproxy.config import Address, Config
-from fastproxy.files import alive, read_pid, remove_pidfile, write_replacing
+from fastproxy.files import check_pidfile, remove_pidfile, write_pid
 from fastproxy.stats.shm import Segment
 from fastproxy.upstream.parents import all_upstreams
 
@@ -61,7 +61,8 @@ class MasterSettings:
             self.new_admin = self._make_admin(self.new.admin.listen)
         if self._pidfile_moves:
             try:
-                _claim_pidfile(self.new.server.pidfile, self._pid)
+                check_pidfile(self.new.server.pidfile)   # not another running master's
+                write_pid(self.new.server.pidfile)
             except OSError:
                 self._close_new_admin()
                 raise
@@ -132,10 +133,3 @@ def settings_changes(old: Config, new: Config) -> list[str]:
         changes.append(f"log.level {new.log.level}")
     return changes
 
-
-def _claim_pidfile(path: str, pid: int) -> None:
-    """Write ``pid`` to ``path`` unless another running master owns it."""
-    owner = read_pid(path)
-    if owner and owner != pid and alive(owner):
-        raise OSError(f"pidfile {path} belongs to running process {owner}")
-    write_replacing(path, f"{pid}\n".encode())

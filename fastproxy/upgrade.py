@@ -34,7 +34,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from fastproxy.files import read_pid
+from fastproxy.files import read_pid, signal_process
 from fastproxy.reactor import EVENT_READ, Reactor, Timer
 from fastproxy.service import (
     STATUS_FAILED,
@@ -152,7 +152,7 @@ class Successor:
 
     def _fail(self, why: str) -> None:
         if self.pid > 0:
-            _signal(self.pid, signal.SIGQUIT)   # it may have served some clients: they finish
+            signal_process(self.pid, signal.SIGQUIT)   # it may have served some clients: they finish
         self._restore_pidfile()
         self._give(False, f"upgrade failed: {why}; this master ({os.getpid()}) goes on serving")
 
@@ -182,13 +182,6 @@ class Successor:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def describe_status(status: int) -> str:
